@@ -1,0 +1,1 @@
+"""Ward side (lgwan-client): sample data, seal, send, DVD, ledger, printed notices."""

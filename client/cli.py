@@ -1,0 +1,189 @@
+"""``lgwan-client``: the ward-side command line.
+
+Exceptions are mapped to one stderr line and an exit status here, once:
+0 done, 1 failed, 2 usage, 75 temporary failure, 78 configuration.
+"""
+
+import argparse
+import getpass
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from client import config as config_mod
+from client import identity, sample, seal, send
+from client.errors import ClientError, UsageError
+from client.ui import progress_bar
+from envelope import EnvelopeError
+
+PROG = "lgwan-client"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
+MAX_SECRET_BYTES = 4096
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() maps every error once."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"run '{self.prog} --help'")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Ward side of the LGWAN-ASP print-data exchange.")
+    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("keygen", help="create the ward's Ed25519 key pair")
+    p.add_argument("--out", metavar="PATH", type=Path, help="private key path")
+    p.set_defaults(run=_cmd_keygen)
+
+    p = sub.add_parser("sample", help="write synthetic 介護保険料納入通知書 print data")
+    p.add_argument("--records", type=int, required=True, metavar="N")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--fiscal-year", type=int, metavar="YYYY")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.set_defaults(run=_cmd_sample)
+
+    p = sub.add_parser("seal", help="encrypt print files into one batch envelope")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--notice-type", required=True, metavar="TYPE", help="e.g. KAIGO")
+    p.add_argument("--out-dir", type=Path, metavar="DIR")
+    p.add_argument("--notice-dir", type=Path, metavar="DIR")
+    p.set_defaults(run=_cmd_seal)
+
+    p = sub.add_parser("send", help="upload a sealed batch to the gateway and verify its receipt")
+    p.add_argument("target", metavar="BATCH|FILE.age", help="batch id (in out_dir) or .age file")
+    p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
+    p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
+    p.set_defaults(run=_cmd_send)
+    return parser
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    target = args.out or cfg.path(cfg.identity.private_key)
+    pair = identity.generate(target, f"{cfg.handler_name()}@{socket.gethostname()}")
+    print(pair.public_path)
+    print(pair.fingerprint)
+    return EXIT_OK
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    try:
+        sample.write_sample(args.out, args.records, seed=args.seed, fiscal_year=args.fiscal_year)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def _cmd_seal(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    total = sum(_size(p) for p in args.files) * 2  # validation pass + encryption pass
+    with progress_bar("sealing", total) as advance:
+        result = seal.seal(
+            args.files,
+            args.notice_type,
+            cfg,
+            out_dir=args.out_dir,
+            notice_dir=args.notice_dir,
+            progress=advance,
+        )
+    print(result.manifest.batch_id)
+    return EXIT_OK
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    gw = cfg.gateway
+    prompt = f"Password for {gw.user}@{gw.host}: "
+    result = send.send(
+        args.target,
+        cfg,
+        password=lambda: read_secret(args.password_fd, prompt, option="--password-fd"),
+        key_path=args.key,
+    )
+    how = "already received earlier" if result.already_received else "received"
+    if result.resumed_from:
+        how += f" (resumed at {result.resumed_from} bytes)"
+    print(result.batch_id)
+    print(
+        f"{PROG}: {result.batch_id}: {how} by the gateway at {result.received_at}; "
+        f"{result.size} bytes, SHA-256 {result.sha256}; receipt signed by {result.receipt_signer}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def read_secret(fd: int | None, prompt: str, *, option: str) -> str:
+    """Read a secret from ``fd`` (its first line, at most 4 KiB of UTF-8) or the terminal.
+
+    Never from argv or the environment; the secret is returned, never logged.
+
+    Raises:
+        UsageError: unreadable fd, oversized or non-UTF-8 input, or no terminal.
+    """
+    if fd is None:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on", hint=f"give {option} N")
+        return getpass.getpass(prompt)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_SECRET_BYTES and (block := os.read(fd, MAX_SECRET_BYTES)):
+            chunks.append(block)
+            size += len(block)
+            if b"\n" in block:
+                break
+    except OSError as exc:
+        raise UsageError(f"cannot read file descriptor {fd}: {exc.strerror}") from None
+    if size > MAX_SECRET_BYTES:
+        raise UsageError(f"file descriptor {fd} holds more than a secret")
+    line = b"".join(chunks).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"file descriptor {fd} does not hold UTF-8 text") from None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status (never raises, never a traceback)."""
+    return run(_build_parser, argv)
+
+
+def run(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    """Parse, dispatch, and map every failure to one line on stderr and an exit status."""
+    try:
+        args = build().parse_args(argv)
+        code: int = args.run(args)
+        return code
+    except ClientError as exc:
+        _error(str(exc), exc.hint)
+        return exc.exit_code
+    except EnvelopeError as exc:
+        _error(str(exc), None)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was completed", None)
+        return 130
+    except OSError as exc:
+        _error(f"{exc.filename or 'I/O'}: {exc.strerror or exc}", None)
+        return EXIT_FAILED
+
+
+def _error(message: str, hint: str | None) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""SFTP to the gateway — the only place the ward side uses paramiko.
+
+:func:`connect` opens one SSH connection with the gateway's host key **pinned**
+(an unknown or changed key is refused before any secret is sent; never trust
+on first use), the same restricted algorithms the gateway offers, and the
+gateway's two-step login: the password first, then the ward's Ed25519 key.
+:class:`Session` offers the few SFTP operations ``send`` needs.
+
+Failures are mapped here, once, to two kinds: :class:`TemporaryError` (exit
+75) when the gateway cannot be reached, stops answering or the connection
+drops — safe to run the command again — and :class:`ClientError` (exit 1) when
+the gateway answered and refused.
+"""
+
+import base64
+import errno
+import hashlib
+import io
+import logging
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import paramiko
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from client.errors import ClientError, TemporaryError
+from custody.keys import FINGERPRINT_PREFIX, fingerprint, private_key_to_openssh
+from custody.keys import ssh_public_key_blob as _blob
+
+KEX_ALGORITHMS = ("mlkem768x25519-sha256", "curve25519-sha256@libssh.org")
+CIPHERS = (
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+MACS = (
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512",
+    "hmac-sha2-256",
+)
+HOST_KEY_TYPES = ("ssh-ed25519",)
+"""The client's algorithm lists: the gateway's set (contract), nothing weaker."""
+
+AUTH_TIMEOUT_MIN_SECONDS = 30.0
+"""The gateway verifies passwords with argon2id and delays failures: allow time."""
+WINDOW_BYTES = 8 << 20
+MAX_PACKET_BYTES = 32768
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the gateway is and how to recognise it (nothing secret)."""
+
+    host: str
+    port: int
+    user: str
+    host_key: Ed25519PublicKey
+    timeout: float
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for messages."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def connect(endpoint: Endpoint, password: str, key: Ed25519PrivateKey) -> "Session":
+    """Connect, check the pinned host key, log in with password then key, open SFTP.
+
+    Raises:
+        TemporaryError: unreachable, timed out, or the connection dropped.
+        ClientError: a changed or unknown host key (the fingerprint seen is in
+            the message), no common algorithm, login refused, SFTP refused.
+    """
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
+    where = endpoint.address
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.timeout)
+    except OSError as exc:
+        raise TemporaryError(
+            f"cannot reach the gateway at {where}: {_reason(exc)}",
+            hint="check the line to the gateway; the command is safe to run again",
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(
+        sock, default_window_size=WINDOW_BYTES, default_max_packet_size=MAX_PACKET_BYTES
+    )
+    try:
+        _restrict(transport, endpoint.timeout)
+        session = Session(endpoint, transport)
+        with session.mapped("connection"):
+            transport.start_client(timeout=endpoint.timeout)
+        if not transport.is_active() or not getattr(transport, "initial_kex_done", False):
+            raise TemporaryError(
+                f"the gateway at {where} did not complete the SSH handshake "
+                f"within {endpoint.timeout:g} s",
+                hint="check the line to the gateway; the command is safe to run again",
+            )
+        session.check_host_key()
+        session.login(password, key)
+        session.open_sftp()
+    except BaseException:
+        transport.close()
+        raise
+    return session
+
+
+class Session:
+    """One logged-in SFTP session to the gateway. Close it (or use ``with``)."""
+
+    def __init__(self, endpoint: Endpoint, transport: paramiko.Transport) -> None:
+        """Use :func:`connect`."""
+        self._endpoint = endpoint
+        self._transport = transport
+        self._sftp: Any = None
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """The ``SHA256:`` fingerprint of the (pinned, verified) host key."""
+        return fingerprint(self._endpoint.host_key)
+
+    def check_host_key(self) -> None:
+        """Refuse any host key but the pinned one.
+
+        Raises:
+            ClientError: the key differs, naming the fingerprint seen.
+        """
+        remote = self._transport.get_remote_server_key()
+        blob: bytes = remote.asbytes()
+        if remote.get_name() == HOST_KEY_TYPES[0] and blob == _blob(self._endpoint.host_key):
+            return
+        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+        seen = FINGERPRINT_PREFIX + digest
+        raise ClientError(
+            f"the gateway at {self._endpoint.address} presented host key {seen} "
+            f"({remote.get_name()}), but {self.host_key_fingerprint} is pinned; "
+            "refusing to connect",
+            hint="if the contractor replaced the gateway's key, get the new key in writing "
+            "(credential notice or client config) and update gateway.host_key; otherwise "
+            "someone may be between you and the gateway — tell the contractor",
+        )
+
+    def login(self, password: str, key: Ed25519PrivateKey) -> None:
+        """Two-step login: the password, then the key.
+
+        Raises:
+            ClientError: either step refused.
+            TemporaryError: the connection dropped.
+        """
+        user, transport = self._endpoint.user, self._transport
+        with self.mapped("login"):
+            try:
+                remaining = transport.auth_password(user, password, fallback=False)
+            except paramiko.BadAuthenticationType as exc:
+                raise ClientError(
+                    f"the gateway does not accept a password for {user!r} "
+                    f"(it offers: {', '.join(exc.allowed_types) or 'nothing'})"
+                ) from None
+            except paramiko.AuthenticationException:
+                raise ClientError(
+                    f"login refused for {user!r}: wrong password, or the account is locked "
+                    "or not allowed from this address",
+                    hint="repeated failures lock the account; check the credential notice "
+                    "or ask the contractor",
+                ) from None
+            if remaining and "publickey" in remaining:
+                pkey = paramiko.Ed25519Key(
+                    file_obj=io.StringIO(private_key_to_openssh(key).decode("ascii"))
+                )
+                try:
+                    transport.auth_publickey(user, pkey)
+                except paramiko.AuthenticationException:
+                    raise ClientError(
+                        f"login refused for {user!r}: the gateway does not accept the key "
+                        f"{fingerprint(key.public_key())}",
+                        hint="use the key whose public half the contractor registered "
+                        "(identity.private_key or --key)",
+                    ) from None
+        if not transport.is_authenticated():
+            raise ClientError(f"login for {user!r} was not completed by the gateway")
+
+    def open_sftp(self) -> None:
+        """Open the SFTP subsystem.
+
+        Raises:
+            ClientError: refused; TemporaryError: the connection dropped.
+        """
+        with self.mapped("opening SFTP"):
+            self._sftp = paramiko.SFTPClient.from_transport(self._transport)
+            if self._sftp is None:
+                raise ClientError("the gateway refused the SFTP session")
+            self._sftp.get_channel().settimeout(self._endpoint.timeout)
+
+    def size(self, path: str) -> int | None:
+        """The size of a remote file, or None when it does not exist."""
+        with self.mapped(f"stat {path}"):
+            try:
+                return int(self._sftp.stat(path).st_size)
+            except FileNotFoundError:
+                return None
+
+    def read(self, path: str, max_bytes: int) -> bytes | None:
+        """Read a small remote file whole; None when it does not exist.
+
+        Raises:
+            ClientError: refused, or longer than ``max_bytes``.
+        """
+        with self.mapped(f"reading {path}"):
+            try:
+                handle = self._sftp.open(path, "r")
+            except FileNotFoundError:
+                return None
+            with handle:
+                data: bytes = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ClientError(f"{path} on the gateway is larger than {max_bytes} bytes")
+        return data
+
+    def upload(
+        self,
+        path: str,
+        blocks: Iterable[bytes],
+        *,
+        offset: int,
+        sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """Write ``blocks`` to ``path`` from ``offset`` (0 creates it), pipelined.
+
+        Raises:
+            ClientError: refused (permission, quota, disk full) or the remote
+                file is not ``offset`` bytes long when resuming.
+            TemporaryError: the connection dropped.
+        """
+        with self.mapped(f"upload to {path}"):
+            handle = self._sftp.open(path, "a" if offset else "w")
+            try:
+                if handle.tell() != offset:
+                    raise ClientError(
+                        f"{path} on the gateway is {handle.tell()} bytes, expected {offset}",
+                        hint="another upload of this batch may be running; run send again",
+                    )
+                handle.set_pipelined(True)
+                for block in blocks:
+                    handle.write(block)
+                    if sent is not None:
+                        sent(len(block))
+            finally:
+                handle.close()
+
+    def rename(self, source: str, target: str, *, timeout: float) -> None:
+        """Rename on the gateway, waiting up to ``timeout`` (it hashes the file first)."""
+        channel = self._sftp.get_channel()
+        with self.mapped(f"rename {source}"):
+            channel.settimeout(timeout)
+            try:
+                self._sftp.rename(source, target)
+            finally:
+                channel.settimeout(self._endpoint.timeout)
+
+    def remove(self, path: str) -> None:
+        """Remove a remote file."""
+        with self.mapped(f"remove {path}"):
+            self._sftp.remove(path)
+
+    @contextmanager
+    def mapped(self, what: str) -> Iterator[None]:
+        """Map paramiko and socket failures during ``what`` to our two kinds."""
+        try:
+            yield
+        except ClientError:
+            raise
+        except paramiko.IncompatiblePeer as exc:
+            raise ClientError(
+                f"{what}: no SSH algorithm in common with the gateway at "
+                f"{self._endpoint.address} ({exc})",
+                hint="the gateway must offer curve25519/ML-KEM, AES-GCM/CTR and an ssh-ed25519 key",
+            ) from None
+        except (EOFError, TimeoutError, paramiko.SSHException, OSError) as exc:
+            if isinstance(exc, EOFError | TimeoutError | ConnectionError) or (
+                not self._transport.is_active()
+            ):
+                raise TemporaryError(
+                    f"{what}: the connection to the gateway at {self._endpoint.address} "
+                    f"was lost ({_reason(exc)})",
+                    hint="the command is safe to run again; an interrupted upload resumes",
+                ) from None
+            raise ClientError(f"{what}: the gateway refused: {_reason(exc)}") from None
+
+    def close(self) -> None:
+        """Close SFTP and the connection (a connection already lost closes quietly)."""
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        except (EOFError, paramiko.SSHException, OSError):
+            pass
+        finally:
+            self._transport.close()
+
+    def __enter__(self) -> Self:
+        """Return self."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Name the endpoint only."""
+        return f"Session({self._endpoint.user}@{self._endpoint.address})"
+
+
+def _restrict(transport: paramiko.Transport, timeout: float) -> None:
+    """Offer only the contract's algorithms; set the handshake timeouts."""
+    options = transport.get_security_options()
+    options.kex = tuple(name for name in KEX_ALGORITHMS if name in options.kex)
+    options.ciphers = CIPHERS
+    options.digests = MACS
+    options.key_types = HOST_KEY_TYPES
+    options.compression = ("none",)
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    transport.auth_timeout = max(timeout, AUTH_TIMEOUT_MIN_SECONDS)
+    transport.set_keepalive(max(int(timeout), 15))
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, secret-free description of a transport or SFTP failure."""
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "closed by the gateway"
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

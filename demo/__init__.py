@@ -1,0 +1,1 @@
+"""``make demo``: the ward → print-site scenario with the real programs, on loopback."""

@@ -1,0 +1,1 @@
+"""Contractor side (``lgwan-gateway``): the ASP drop service and print-site custody."""

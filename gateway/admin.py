@@ -1,0 +1,593 @@
+"""Administrative commands: ``init`` and ``user add|list|lock|unlock|passwd|remove``.
+
+:func:`register` adds them to the ``lgwan-gateway`` parser; each handler takes
+the parsed arguments, returns an exit status and raises :class:`GatewayError`
+subclasses on failure (``cli.main()`` maps them). Every change is written to
+the audit log with ``actor`` = the operator's OS user; a password never is.
+
+A generated password exists only on the credential notice PDF and as an
+argon2id hash, so ``user add`` / ``user passwd`` without ``--password-fd``
+refuse to run without ``--notice-out``. Output files are written before the
+database changes and removed again if the change fails: an account never
+exists with a password nobody holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pwd
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from custody import keys
+from custody.errors import KeyFormatError
+from gateway import config as config_mod
+from gateway.accounts import (
+    Accounts,
+    InvalidAccountError,
+    check_name,
+    check_password_strength,
+    check_role,
+    check_tenant,
+    generate_password,
+    parse_allow,
+    parse_public_key,
+)
+from gateway.audit import AuditLog
+from gateway.credentials import (
+    ClientConfig,
+    CredentialNotice,
+    render_credential_notice,
+    toml_value,
+    write_client_config,
+)
+from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.prompt import read_secret
+from gateway.state import (
+    ROLES,
+    Account,
+    DuplicateAccountError,
+    DuplicateKeyError,
+    StateError,
+    StateStore,
+)
+
+EXIT_OK = 0
+CLIENT_PRIVATE_KEY_DEFAULT = "keys/ward_ed25519"
+"""Where ``lgwan-client keygen`` puts the ward's private key by default."""
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``init`` and ``user …`` to the top-level subcommands."""
+    p = sub.add_parser("init", help="create a gateway: config, keys, state database, directories")
+    p.add_argument("--root", type=Path, required=True, metavar="DIR")
+    p.set_defaults(run=cmd_init)
+
+    user = sub.add_parser("user", help="manage login accounts")
+    users = user.add_subparsers(dest="user_command", required=True, parser_class=type(user))
+
+    p = users.add_parser("add", help="create an account; its password goes on a credential notice")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--tenant", required=True, metavar="T")
+    p.add_argument("--pubkey", type=Path, required=True, metavar="FILE")
+    p.add_argument("--allow", action="append", default=[], metavar="CIDR")
+    p.add_argument("--notice-out", type=Path, metavar="F.pdf")
+    p.add_argument("--client-config-out", type=Path, metavar="F.toml")
+    p.add_argument(
+        "--client-key", default=CLIENT_PRIVATE_KEY_DEFAULT, metavar="PATH",
+        help="the ward's private-key path written into --client-config-out",
+    )  # fmt: skip
+    p.add_argument("--password-fd", type=int, metavar="N")
+    p.set_defaults(run=cmd_user_add)
+
+    p = users.add_parser("list", help="list accounts (table on a terminal, JSON lines otherwise)")
+    p.set_defaults(run=cmd_user_list)
+
+    for name, handler, text in (
+        ("lock", cmd_user_lock, "lock an account until it is unlocked"),
+        ("unlock", cmd_user_unlock, "clear the admin lock, a lockout and the failure count"),
+        ("remove", cmd_user_remove, "delete an account"),
+    ):
+        p = users.add_parser(name, help=text)
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(run=handler)
+
+    p = users.add_parser("passwd", help="set a new password (generated onto a notice by default)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--notice-out", type=Path, metavar="F.pdf")
+    p.add_argument("--password-fd", type=int, metavar="N")
+    p.set_defaults(run=cmd_user_passwd)
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+CONFIG_NAME = "gateway.toml"
+
+
+@dataclass(frozen=True)
+class Initialised:
+    """What ``init`` created."""
+
+    config_path: Path
+    host_key_fingerprint: str
+    signing_key_fingerprint: str
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``init --root DIR``: prints the config path and both key fingerprints."""
+    result = init_root(args.root, actor=operator())
+    print(f"config {result.config_path}")
+    print(f"host_key {result.host_key_fingerprint}")
+    print(f"signing_key {result.signing_key_fingerprint}")
+    return EXIT_OK
+
+
+def init_root(root: Path, *, actor: str) -> Initialised:
+    """Create a gateway under ``root``: config, host and signing keys, state database, directories.
+
+    ``root/gateway.toml`` lists every key at its default, so every path in it is
+    relative to ``root``. Private keys are written 0600 (their directory 0700),
+    public keys beside them as ``.pub``. A ``gateway_initialised`` event opens the
+    new audit log. If anything that ``init`` would create already exists, nothing
+    is changed; if a step fails, everything created so far is removed again.
+
+    Raises:
+        GatewayError: ``root`` is already (partly) initialised, or a file cannot be written.
+    """
+    root = root.absolute()
+    cfg = config_mod.GatewayConfig(base_dir=root)
+    config_path = root / CONFIG_NAME
+    host_key_path = cfg.path(cfg.server.host_key)
+    signing_key_path = cfg.path(cfg.keys.signing_key)
+    database = cfg.path(cfg.state.database)
+    log, checkpoints = cfg.path(cfg.audit.log), cfg.path(cfg.audit.checkpoints)
+    targets = (
+        config_path,
+        host_key_path,
+        _pub(host_key_path),
+        signing_key_path,
+        _pub(signing_key_path),
+        database,
+        log,
+        checkpoints,
+    )
+    for target in targets:
+        if target.exists() or target.is_symlink():
+            raise GatewayError(
+                f"{target} already exists: {root} is already initialised",
+                hint="init never overwrites anything; choose another --root",
+            )
+    created: list[Path] = []
+    try:
+        for directory, mode in (
+            (root, 0o755),
+            (host_key_path.parent, 0o700),
+            (signing_key_path.parent, 0o700),
+            (cfg.path(cfg.storage.root), 0o700),
+            (log.parent, 0o700),
+            (checkpoints.parent, 0o700),
+            (database.parent, 0o755),
+        ):
+            _make_dirs(directory, mode, created)
+        host_key, signing_key = keys.generate_private_key(), keys.generate_private_key()
+        for path, key in ((host_key_path, host_key), (signing_key_path, signing_key)):
+            _write_new(path, keys.private_key_to_openssh(key), 0o600, created)
+            line = keys.public_key_to_openssh(key.public_key(), f"lgwan-gateway {path.name}")
+            _write_new(_pub(path), (line + "\n").encode("ascii"), 0o644, created)
+        fingerprints = [keys.fingerprint(k.public_key()) for k in (host_key, signing_key)]
+        _write_new(config_path, render_config_toml().encode("utf-8"), 0o644, created)
+        created.extend((database, Path(f"{database}-wal"), Path(f"{database}-shm")))
+        StateStore.open(database).close()
+        created.extend((log, checkpoints))
+        audit = AuditLog.open(
+            log,
+            checkpoints,
+            signing_key,
+            every_records=cfg.audit.checkpoint_every_records,
+            every_seconds=cfg.audit.checkpoint_every_seconds,
+            timer=False,  # a short-lived command: close() writes the checkpoint
+        )
+        try:
+            audit.emit(
+                "gateway_initialised",
+                actor=actor,
+                root=str(root),
+                host_key_fingerprint=fingerprints[0],
+                signing_key_fingerprint=fingerprints[1],
+            )
+        finally:
+            audit.close()
+    except BaseException:
+        _remove(created)
+        raise
+    return Initialised(config_path, fingerprints[0], fingerprints[1])
+
+
+def render_config_toml() -> str:
+    """``gateway.toml`` with every section and key of :class:`GatewayConfig` at its default."""
+    lines = [
+        "# lgwan-gateway configuration, written by `lgwan-gateway init`: every key at its default.",
+        "# config/gateway.example.toml explains each key. Relative paths resolve against the",
+        "# directory holding this file. This file never holds a secret.",
+    ]
+    defaults = config_mod.GatewayConfig()
+    for section_field in dataclasses.fields(defaults):
+        section = getattr(defaults, section_field.name)
+        if not dataclasses.is_dataclass(section):
+            continue  # base_dir, source: not configuration keys
+        doc = (type(section).__doc__ or "").strip().splitlines()
+        lines += ["", f"[{section_field.name}]"]
+        if doc:
+            lines.append(f"# {doc[0]}")
+        for key in dataclasses.fields(section):
+            lines.append(f"{key.name} = {toml_value(getattr(section, key.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _pub(private: Path) -> Path:
+    return private.with_name(private.name + ".pub")
+
+
+def _make_dirs(directory: Path, mode: int, created: list[Path]) -> None:
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(mode=mode)
+        created.append(path)
+
+
+def _write_new(path: Path, data: bytes, mode: int, created: list[Path]) -> None:
+    """Write a file that must not exist yet, with ``mode``, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    created.append(path)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _remove(created: list[Path]) -> None:
+    """Undo a failed init: files first, then the directories it made (newest first)."""
+    for path in reversed(created):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue
+
+
+# -- user ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Session:
+    """What an administrative command works with."""
+
+    cfg: config_mod.GatewayConfig
+    store: StateStore
+    accounts: Accounts
+    audit: AuditLog
+    signing_key: Ed25519PrivateKey
+    actor: str
+
+    def emit(self, event: str, account: Account, **fields: object) -> None:
+        self.audit.emit(event, actor=self.actor, user=account.name, tenant=account.tenant, **fields)
+
+
+@contextmanager
+def _session(args: argparse.Namespace) -> Iterator[_Session]:
+    cfg = config_mod.load(args.config)
+    store = _open_store(cfg)
+    try:
+        signing_key = _load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
+        audit = AuditLog.open(
+            cfg.path(cfg.audit.log),
+            cfg.path(cfg.audit.checkpoints),
+            signing_key,
+            every_records=cfg.audit.checkpoint_every_records,
+            every_seconds=cfg.audit.checkpoint_every_seconds,
+            timer=False,  # a short-lived command: close() writes the checkpoint
+        )
+        try:
+            yield _Session(cfg, store, Accounts(store, cfg.auth), audit, signing_key, operator())
+        finally:
+            audit.close()
+    finally:
+        store.close()
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    """``user add``: validate, write the notice and client config, then create the account."""
+    _need_notice(args)
+    check_name(args.name)
+    check_role(args.role)
+    check_tenant(args.tenant)
+    allow = parse_allow(args.allow)
+    line, key_fingerprint = parse_public_key(_read_pubkey(args.pubkey))
+    outputs = [p for p in (args.notice_out, args.client_config_out) if p is not None]
+    _refuse_existing(outputs)
+    password = _password(args)
+    with _session(args) as s:
+        if s.store.get_account(args.name) is not None:
+            raise DuplicateAccountError(f"account {args.name!r} already exists")
+        holder = s.store.find_account_by_fingerprint(key_fingerprint)
+        if holder is not None:
+            raise DuplicateKeyError(
+                f"public key {key_fingerprint} already belongs to account {holder.name!r}",
+                hint="each account needs its own key pair (lgwan-client keygen)",
+            )
+        with _undo_on_failure(outputs):
+            if args.notice_out is not None:
+                _write_notice(s, args.notice_out, args.name, args.tenant, args.role, password)
+            if args.client_config_out is not None:
+                client = _client_config(s, args.name, args.tenant, args.client_key)
+                write_client_config(args.client_config_out, client)
+            account = s.accounts.add(args.name, args.role, args.tenant, line, allow, password)
+        s.emit(
+            "account_added",
+            account,
+            role=account.role,
+            key_fingerprint=account.key_fingerprint,
+            allow=list(account.allow_cidrs),
+            generated=args.password_fd is None,
+        )
+    for path in outputs:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    """``user list``: a rich table on a terminal, JSON lines otherwise; never a hash."""
+    cfg = config_mod.load(args.config)
+    with _open_store(cfg) as store:
+        accounts = store.list_accounts()
+    now = datetime.now().astimezone()
+    rows = [_account_view(a, now) for a in accounts]
+    if sys.stdout.isatty():
+        _print_table(rows)
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_user_lock(args: argparse.Namespace) -> int:
+    """``user lock NAME``: refuse every login until ``user unlock``."""
+    with _session(args) as s:
+        s.emit("account_locked", s.accounts.lock(args.name))
+    return EXIT_OK
+
+
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    """``user unlock NAME``: clear the admin lock, any lockout and the failure count."""
+    with _session(args) as s:
+        s.emit("account_unlocked", s.accounts.unlock(args.name))
+    return EXIT_OK
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    """``user remove NAME``: delete the account (its tenant's files stay)."""
+    with _session(args) as s:
+        account = s.accounts.remove(args.name)
+        s.emit(
+            "account_removed", account, role=account.role, key_fingerprint=account.key_fingerprint
+        )
+    return EXIT_OK
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    """``user passwd NAME``: a new password (generated onto a notice unless given on an fd)."""
+    _need_notice(args)
+    outputs = [args.notice_out] if args.notice_out is not None else []
+    _refuse_existing(outputs)
+    password = _password(args)
+    with _session(args) as s:
+        current = s.store.get_account(args.name)
+        if current is None:
+            raise GatewayError(f"no account {args.name!r}", hint="see 'lgwan-gateway user list'")
+        with _undo_on_failure(outputs):
+            if args.notice_out is not None:
+                _write_notice(
+                    s, args.notice_out, current.name, current.tenant, current.role, password,
+                    reset=True,
+                )  # fmt: skip
+            account = s.accounts.passwd(args.name, password)
+        s.emit("account_password_changed", account, generated=args.password_fd is None)
+    for path in outputs:
+        print(path)
+    return EXIT_OK
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def operator() -> str:
+    """The OS user running the command (the ``actor`` of audit events)."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid:{os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {sudo})" if sudo and os.getuid() == 0 else name
+
+
+def _need_notice(args: argparse.Namespace) -> None:
+    if args.password_fd is None and args.notice_out is None:
+        raise UsageError(
+            "a generated password is printed only on the credential notice; "
+            "without --notice-out it would be lost",
+            hint="give --notice-out F.pdf (or --password-fd N with a password you chose)",
+        )
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_fd is None:
+        return generate_password()
+    return check_password_strength(
+        read_secret(args.password_fd, "Password: ", option="--password-fd")
+    )
+
+
+def _read_pubkey(path: Path) -> str:
+    try:
+        data = path.read_bytes()[: 16 * 1024]
+    except OSError as exc:
+        raise UsageError(f"cannot read --pubkey {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidAccountError(f"{path} is not a text public-key file") from None
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            raise GatewayError(
+                f"{path} already exists", hint="choose another file name; nothing is overwritten"
+            )
+        if not path.parent.is_dir():
+            raise UsageError(f"directory {path.parent} does not exist")
+
+
+@contextmanager
+def _undo_on_failure(paths: list[Path]) -> Iterator[None]:
+    """Remove files written in the block if the block fails (they did not exist before)."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _open_store(cfg: config_mod.GatewayConfig) -> StateStore:
+    try:
+        return StateStore.open(cfg.path(cfg.state.database), create=False)
+    except StateError as exc:
+        raise GatewayError(
+            str(exc), hint="run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml"
+        ) from None
+
+
+def _load_key(cfg: config_mod.GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
+    file = str(cfg.source) if cfg.source else "(defaults)"
+    path = cfg.path(value)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, name, f"{path} does not exist (run lgwan-gateway init)") from None
+    except OSError as exc:
+        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return keys.load_private_key(data)
+    except KeyFormatError as exc:
+        raise ConfigError(file, name, f"{path}: {exc}") from None
+
+
+def _public_address(cfg: config_mod.GatewayConfig) -> tuple[str, int]:
+    address = cfg.server.public_address or cfg.server.listen
+    try:
+        return config_mod.parse_listen(address)
+    except ValueError as exc:
+        file = str(cfg.source) if cfg.source else "(defaults)"
+        raise ConfigError(file, "server.public_address", str(exc)) from None
+
+
+def _write_notice(
+    s: _Session, out: Path, name: str, tenant: str, role: str, password: str, *, reset: bool = False
+) -> None:
+    host, port = _public_address(s.cfg)
+    host_key = _load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
+    shown_host = f"[{host}]" if ":" in host else host
+    notice = CredentialNotice(
+        user=name,
+        tenant=tenant,
+        role=role,
+        password=password,
+        gateway_address=f"{shown_host}:{port}",
+        host_key_fingerprint=keys.fingerprint(host_key.public_key()),
+        signing_key_fingerprint=keys.fingerprint(s.signing_key.public_key()),
+        issued_at=datetime.now().astimezone(),
+        issued_by=s.actor,
+        reset=reset,
+    )
+    try:
+        render_credential_notice(out, notice)
+    except ValueError as exc:
+        raise InvalidAccountError(f"cannot print the credential notice: {exc}") from None
+
+
+def _client_config(s: _Session, name: str, tenant: str, private_key: str) -> ClientConfig:
+    host, port = _public_address(s.cfg)
+    host_key = _load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
+    return ClientConfig(
+        host=host,
+        port=port,
+        user=name,
+        tenant=tenant,
+        host_key=keys.public_key_to_openssh(host_key.public_key()),
+        receipt_key=keys.public_key_to_openssh(s.signing_key.public_key()),
+        private_key=private_key,
+    )
+
+
+def _account_view(account: Account, now: datetime) -> dict[str, object]:
+    if account.admin_locked:
+        status = "admin_locked"
+    elif account.locked_at(now):
+        status = "locked"
+    else:
+        status = "active"
+    return {
+        "name": account.name,
+        "role": account.role,
+        "tenant": account.tenant,
+        "status": status,
+        "key_fingerprint": account.key_fingerprint,
+        "allow": list(account.allow_cidrs),
+        "failed_logins": account.failed_logins,
+        "locked_until": account.locked_until.isoformat() if account.locked_until else None,
+        "created_at": account.created_at.isoformat(timespec="seconds"),
+        "updated_at": account.updated_at.isoformat(timespec="seconds"),
+    }
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for header in ("name", "role", "tenant", "status", "allow", "failures", "created"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("key", overflow="fold")
+    for row in rows:
+        allow = row["allow"]
+        table.add_row(
+            str(row["name"]),
+            str(row["role"]),
+            str(row["tenant"]),
+            str(row["status"]),
+            ", ".join(str(a) for a in allow) if isinstance(allow, list) and allow else "any",
+            str(row["failed_logins"]),
+            str(row["created_at"])[:10],
+            str(row["key_fingerprint"]),
+        )
+    Console().print(table)

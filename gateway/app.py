@@ -1,0 +1,181 @@
+"""The gateway's composition root: builds every long-lived part from a configuration.
+
+:func:`build` opens the state database, the audit log, the confined storage and
+the keys named by a :class:`~gateway.config.GatewayConfig` and wires them into
+one :class:`Gateway`. Nothing else constructs these parts for the server; there
+are no global singletons.
+
+Completed uploads reach the forwarding pipeline through one interface,
+:class:`BatchQueue`. The durable queue is the ``batches`` table (a batch is
+RECEIVED there before anyone is notified); ``notify`` only wakes a consumer, so
+a lost notification delays a batch but never loses it.
+"""
+
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from custody import keys
+from custody.errors import KeyFormatError
+from gateway.accounts import Accounts
+from gateway.audit import AuditLog
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError, GatewayError
+from gateway.receipts import Completer
+from gateway.state import StateError, StateStore
+from gateway.storage import Limits, Storage, StorageError
+
+INIT_HINT = "run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml"
+
+
+class BatchQueue(Protocol):
+    """Where the drop service announces a batch it has just received."""
+
+    def notify(self, batch_id: str) -> None:
+        """Batch ``batch_id`` is RECEIVED in the state database (wake the forwarder)."""
+
+
+class EventBatchQueue:
+    """The default :class:`BatchQueue`: an in-process notifier backed by a threading.Event.
+
+    The consumer (the forwarder of the next issue) calls :meth:`wait` and then
+    reads the batches table; the ids returned are a hint, not the queue.
+    """
+
+    def __init__(self) -> None:
+        """An empty notifier."""
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+
+    def notify(self, batch_id: str) -> None:
+        """Remember ``batch_id`` and wake a waiting consumer."""
+        with self._lock:
+            self._pending.append(batch_id)
+            self._event.set()
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        """Wait up to ``timeout`` seconds for notifications; return and forget them."""
+        self._event.wait(timeout)
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._event.clear()
+        return pending
+
+
+@dataclass
+class Gateway:
+    """The running gateway's parts, built by :func:`build`; close with :meth:`close`."""
+
+    config: GatewayConfig
+    store: StateStore
+    accounts: Accounts
+    audit: AuditLog
+    storage: Storage
+    signing_key: Ed25519PrivateKey
+    host_key: Ed25519PrivateKey
+    queue: BatchQueue
+    completer: Completer
+    _closers: ExitStack
+
+    def close(self) -> None:
+        """Close the audit log (final checkpoint), storage and database; idempotent."""
+        self._closers.close()
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def build(
+    config: GatewayConfig,
+    *,
+    queue: BatchQueue | None = None,
+    clock: Callable[[], datetime] = _now,
+) -> Gateway:
+    """Open everything the drop service needs, as ``config`` says.
+
+    Args:
+        config: The loaded configuration.
+        queue: Where received batches are announced; an EventBatchQueue if None.
+        clock: Current timezone-aware time (tests may pin it).
+
+    Returns:
+        The wired gateway. On failure, whatever was opened is closed again.
+
+    Raises:
+        ConfigError: a key is missing, unreadable or not an Ed25519 private key.
+        GatewayError: the state database, audit log or storage cannot be opened.
+    """
+    host_key = load_key(config, "server.host_key", config.server.host_key)
+    signing_key = load_key(config, "keys.signing_key", config.keys.signing_key)
+    with ExitStack() as stack:
+        try:
+            store = StateStore.open(config.path(config.state.database), create=False)
+        except StateError as exc:
+            raise GatewayError(str(exc), hint=INIT_HINT) from None
+        stack.callback(store.close)
+        log = config.path(config.audit.log)
+        checkpoints = config.path(config.audit.checkpoints)
+        for parent in {log.parent, checkpoints.parent}:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        audit = AuditLog.open(
+            log,
+            checkpoints,
+            signing_key,
+            every_records=config.audit.checkpoint_every_records,
+            every_seconds=config.audit.checkpoint_every_seconds,
+            clock=clock,
+        )
+        stack.callback(audit.close)
+        limits = Limits(
+            max_upload_bytes=config.storage.max_upload_bytes,
+            tenant_quota_bytes=config.storage.tenant_quota_bytes,
+            reserve_free_bytes=config.storage.reserve_free_bytes,
+        )
+        try:
+            storage = Storage(config.path(config.storage.root), limits)
+        except StorageError as exc:
+            raise GatewayError(f"storage {config.path(config.storage.root)}: {exc}") from None
+        stack.callback(storage.close)
+        queue = queue if queue is not None else EventBatchQueue()
+        completer = Completer(storage, store, signing_key, audit, queue, clock)
+        gateway = Gateway(
+            config=config,
+            store=store,
+            accounts=Accounts(store, config.auth, clock),
+            audit=audit,
+            storage=storage,
+            signing_key=signing_key,
+            host_key=host_key,
+            queue=queue,
+            completer=completer,
+            _closers=stack.pop_all(),
+        )
+    return gateway
+
+
+def load_key(config: GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
+    """Load a configured Ed25519 private key (its mode was checked when loading the config).
+
+    Raises:
+        ConfigError: missing, unreadable, or not an unencrypted Ed25519 key.
+    """
+    file = str(config.source) if config.source else "(defaults)"
+    path: Path = config.path(value)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, name, f"{path} does not exist ({INIT_HINT})") from None
+    except OSError as exc:
+        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return keys.load_private_key(data)
+    except KeyFormatError as exc:
+        raise ConfigError(file, name, f"{path}: {exc}") from None

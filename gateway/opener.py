@@ -1,0 +1,238 @@
+"""``lgwan-gateway open``: decrypt a batch at the print site, verify it, then release it.
+
+Everything inside the envelope is hostile until proven otherwise. Plaintext is
+written only into a private temporary directory inside the output directory;
+the batch directory ``<out>/<batch>/`` appears (by one rename) only after the
+whole payload authenticated and every file matched the manifest. Any failure
+removes the temporary directory: nothing is left behind.
+"""
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from envelope import DecryptingReader, EnvelopeError, ManifestError, NoMatchError
+from envelope.manifest import BATCH_ID_RE, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse
+from envelope.printdata import count_records, is_csv
+from gateway.errors import GatewayError
+
+AGE_SUFFIX = ".age"
+_BLOCK = 1 << 20
+_TEMP_PREFIX = ".opening-"
+_MAX_PADDING = 2 * tarfile.RECORDSIZE
+
+Progress = Callable[[int], None]
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified, released batch."""
+
+    manifest: Manifest
+    directory: Path
+
+
+class OpenError(GatewayError):
+    """The batch could not be opened; nothing was released."""
+
+
+def open_batch(
+    envelope_path: Path,
+    out_dir: Path,
+    passphrase: str,
+    *,
+    max_work_factor: int,
+    csv_encoding: str,
+    progress: Progress | None = None,
+) -> Opened:
+    """Decrypt ``envelope_path`` into ``out_dir/<batch>/`` after full verification.
+
+    Args:
+        envelope_path: the sealed ``.age`` file.
+        out_dir: where the batch directory is created (made 0700 if missing).
+        passphrase: the canonical passphrase (already checked for typos).
+        max_work_factor: refuse envelopes asking for more scrypt work.
+        csv_encoding: encoding used to recount CSV records.
+        progress: called with ciphertext bytes consumed.
+
+    Returns:
+        The manifest and the released directory.
+
+    Raises:
+        OpenError: wrong passphrase, tampering, a manifest mismatch, an unsafe
+            member, or an existing batch directory.
+    """
+    try:
+        source = envelope_path.open("rb")
+    except OSError as exc:
+        raise OpenError(f"{envelope_path}: cannot open: {exc.strerror}") from None
+    out_dir = out_dir.absolute()
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out_dir))
+    try:
+        with source:
+            counted = io.BufferedReader(_CountingReader(source, progress), _BLOCK)
+            manifest = _extract(counted, passphrase, max_work_factor, temp, envelope_path, out_dir)
+        _verify(temp, manifest, csv_encoding)
+        target = _free_target(out_dir, manifest)
+        temp.rename(target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return Opened(manifest=manifest, directory=target)
+
+
+def _extract(
+    source: BinaryIO,
+    passphrase: str,
+    max_work_factor: int,
+    temp: Path,
+    path: Path,
+    out_dir: Path,
+) -> Manifest:
+    """Decrypt and unpack into ``temp``; return the manifest once the payload authenticated."""
+    try:
+        reader = DecryptingReader(source, passphrase, max_work_factor=max_work_factor)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            manifest = _read_manifest(tar)
+            _check_name(path, manifest)
+            _free_target(out_dir, manifest)
+            expected = {f.name: f.size for f in manifest.files}
+            while (member := tar.next()) is not None:
+                _extract_member(tar, member, expected, temp)
+            if expected:
+                raise OpenError(f"{len(expected)} file(s) in the manifest are missing")
+        _drain_padding(reader)
+    except NoMatchError:
+        raise OpenError(
+            f"{path.name}: the passphrase does not open this batch",
+            hint="check it against the password notice for this batch id",
+        ) from None
+    except (EnvelopeError, tarfile.TarError) as exc:
+        raise OpenError(f"{path.name}: {_describe(exc)}; nothing was released") from None
+    return manifest
+
+
+def _drain_padding(reader: _Readable) -> None:
+    """Read to the end of the payload: this authenticates the final chunk.
+
+    After the archive's end marker only tar's zero padding may follow.
+    """
+    total = 0
+    while block := reader.read(_BLOCK):
+        total += len(block)
+        if total > _MAX_PADDING or block.count(0) != len(block):
+            raise OpenError("data follows the archive inside the envelope")
+
+
+def _free_target(out_dir: Path, manifest: Manifest) -> Path:
+    """The batch directory to create; refuse when it already exists."""
+    target = out_dir / manifest.batch_id
+    if target.exists() or target.is_symlink():
+        raise OpenError(
+            f"{target} already exists; refusing to overwrite an opened batch",
+            hint="erase or move the earlier copy first",
+        )
+    return target
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ManifestError):
+        return f"bad manifest: {exc}"
+    if isinstance(exc, EnvelopeError):
+        return f"the envelope is damaged or was tampered with ({type(exc).__name__}: {exc})"
+    return f"the archive inside the envelope is malformed ({exc})"
+
+
+def _read_manifest(tar: tarfile.TarFile) -> Manifest:
+    """The first member must be the manifest, a small regular file."""
+    first = tar.next()
+    if first is None or first.name != MANIFEST_NAME or not first.isreg():
+        raise ManifestError(f"the first member is not {MANIFEST_NAME}")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise ManifestError("the manifest is too large")
+    handle = tar.extractfile(first)
+    assert handle is not None  # a regular member always has a file object
+    return parse(handle.read())
+
+
+def _extract_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, expected: dict[str, int], temp: Path
+) -> None:
+    """Write one listed regular file into ``temp``; refuse anything else."""
+    if not member.isreg():
+        raise OpenError(f"the envelope holds a non-file member ({member.name[:60]!r})")
+    size = expected.pop(member.name, None)
+    if size is None:
+        raise OpenError(f"the envelope holds a file not in its manifest ({member.name[:60]!r})")
+    if member.size != size:
+        raise OpenError(f"{member.name}: size differs from the manifest")
+    handle = tar.extractfile(member)
+    assert handle is not None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    # member.name passed check_file_name() via the manifest: one safe component.
+    fd = os.open(temp / member.name, flags, 0o600)
+    with os.fdopen(fd, "wb") as sink:
+        shutil.copyfileobj(handle, sink, _BLOCK)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _verify(temp: Path, manifest: Manifest, encoding: str) -> None:
+    """Check every released file's size, SHA-256 and record count against the manifest."""
+    for entry in manifest.files:
+        path = temp / entry.name
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            if is_csv(entry.name):
+                try:
+                    records = count_records(handle, entry.name, encoding, on_bytes=digest.update)
+                except ManifestError as exc:
+                    raise OpenError(f"{entry.name}: {exc}") from None
+            else:
+                records = 1
+                while block := handle.read(_BLOCK):
+                    digest.update(block)
+        if path.stat().st_size != entry.size or digest.hexdigest() != entry.sha256:
+            raise OpenError(f"{entry.name}: content differs from the manifest (SHA-256)")
+        if records != entry.records:
+            raise OpenError(f"{entry.name}: {records} records, the manifest says {entry.records}")
+
+
+def _check_name(path: Path, manifest: Manifest) -> None:
+    """An envelope named like a batch id must hold that batch (no swapped files)."""
+    stem = path.name[: -len(AGE_SUFFIX)] if path.name.endswith(AGE_SUFFIX) else path.name
+    if BATCH_ID_RE.fullmatch(stem) and stem != manifest.batch_id:
+        raise OpenError(
+            f"{path.name} holds batch {manifest.batch_id}, not {stem}",
+            hint="the file was renamed or swapped; ask the ward which batch this is",
+        )
+
+
+class _CountingReader(io.RawIOBase):
+    """A raw reader that reports the bytes it passes through to a progress callback."""
+
+    def __init__(self, inner: BinaryIO, progress: Progress | None) -> None:
+        self._inner = inner
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return len(data)
