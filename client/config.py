@@ -62,9 +62,20 @@ class GatewaySection:
 
 @dataclass(frozen=True)
 class LedgerSection:
-    """The ward's local hand-over ledger (hash-chained, signed records)."""
+    """The ward's local hand-over ledger (hash-chained, signed records) and its rules."""
 
     path: str = "ledger/ledger.jsonl"
+    min_gap_minutes: int = 60
+    outstanding_days: int = 7
+
+
+@dataclass(frozen=True)
+class DvdSection:
+    """The DVD fallback: image size limit and disc serials."""
+
+    out_dir: str = "dvd"
+    split_bytes: int = 4480 * 1024 * 1024
+    serial_prefix: str = "DVD"
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class ClientConfig:
     identity: IdentitySection = field(default_factory=IdentitySection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
+    dvd: DvdSection = field(default_factory=DvdSection)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None
 
@@ -94,6 +106,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "identity": IdentitySection,
     "gateway": GatewaySection,
     "ledger": LedgerSection,
+    "dvd": DvdSection,
 }
 
 
@@ -159,6 +172,14 @@ def _checked(config: ClientConfig) -> ClientConfig:
         raise ConfigError(file, "seal.csv_encoding", "cannot encode Japanese text") from None
     if not 0 < config.gateway.port < 65536:
         raise ConfigError(file, "gateway.port", "must be between 1 and 65535")
+    if config.ledger.min_gap_minutes < 0:
+        raise ConfigError(file, "ledger.min_gap_minutes", "must not be negative")
+    if config.ledger.outstanding_days < 1:
+        raise ConfigError(file, "ledger.outstanding_days", "must be at least 1")
+    if config.dvd.split_bytes < 1024 * 1024:
+        raise ConfigError(file, "dvd.split_bytes", "must be at least 1 MiB")
+    if not (config.dvd.serial_prefix.isascii() and config.dvd.serial_prefix.isalnum()):
+        raise ConfigError(file, "dvd.serial_prefix", "must be ASCII letters and digits")
     if config.gateway.connect_timeout_seconds < 1:
         raise ConfigError(file, "gateway.connect_timeout_seconds", "must be at least 1")
     check_private_key_mode(config.path(config.identity.private_key), file)

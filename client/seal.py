@@ -261,7 +261,10 @@ def _write_envelope(
     mtime = int(manifest.created_at.timestamp())
     with (
         EncryptingWriter(sink, secret, work_factor=work_factor) as writer,
-        tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        # typeshed omits copybufsize from the stream-mode overloads; tarfile accepts it.
+        tarfile.open(  # type: ignore[call-overload]
+            fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BLOCK, copybufsize=_BLOCK
+        ) as tar,
     ):
         body = dumps(manifest)
         tar.addfile(_member(MANIFEST_NAME, len(body), mtime), _BytesReader(body))

@@ -5,17 +5,21 @@ Steps, in order, and what each failure means (exit codes in ``cli``):
 1. Find ``<batch>.age`` (a batch id in ``[seal] out_dir``, or a path) and
    check the gateway settings and the ward's key — before asking for the password.
 2. Connect (:mod:`client.transfer`: pinned host key, password then key).
-3. If ``/inbox/<batch>.age`` already exists, the batch was completed earlier:
-   verify its receipt against the local file (an idempotent re-send).
+3. If the gateway already holds the batch's receipt (or ``/inbox/<batch>.age``),
+   it was completed earlier: verify that receipt against the local file (an
+   idempotent re-send; nothing is uploaded).
 4. Otherwise resume ``/inbox/<batch>.age.part`` from the size the gateway
    holds (the gateway never lets us read it back: the receipt's SHA-256 is
-   what proves the resumed prefix), upload the rest, rename to ``.age``.
+   what proves the resumed prefix), upload the rest, rename to ``.age``. When
+   the ledger recorded the envelope's SHA-256 at ``seal`` and the local file
+   no longer matches it, the ``.part`` is removed instead and nothing completes.
 5. Fetch ``/receipts/<batch>.receipt.json``, verify its signature with the
    pinned ``gateway.receipt_key`` and that batch, tenant, size and SHA-256
    match the local file; record ``sent`` in the ledger. Only then exit 0.
 
 The local file is read once: bytes before the resume point are hashed only,
-the rest hashed and sent, so memory stays flat whatever the size.
+the rest hashed and sent, so memory stays flat whatever the size. The ``sent``
+entry is signed with the ward's ``identity.private_key`` (``--key`` only logs in).
 """
 
 import fcntl
@@ -133,8 +137,9 @@ def send(
 ) -> SendResult:
     """Upload a sealed batch, verify the signed receipt, record ``sent`` in the ledger.
 
-    The ledger entry is signed with the key used to log in (``--key`` or
-    ``identity.private_key``).
+    ``--key`` (``key_path``) only changes the key that logs in; the ledger
+    entry is always signed with the ward's ``identity.private_key``, so the
+    whole ledger verifies against one key.
 
     Raises:
         UsageError: bad target. ConfigError: gateway settings or key (78).
@@ -143,10 +148,8 @@ def send(
     """
     batch, local = resolve(target, config)
     endpoint, receipt_key = settings(config)
-    if key_path is not None:
-        key = ledger.load_key(key_path, "--key")
-    else:
-        key = ledger.load_key(config.path(config.identity.private_key), "identity.private_key")
+    ledger_key = ledger.load_key(config.path(config.identity.private_key), "identity.private_key")
+    key = ledger.load_key(key_path, "--key") if key_path is not None else ledger_key
     book = config.path(config.ledger.path)
     sealed = _sealed_sha256(book, batch)
     with _locked_local(local) as handle:
@@ -154,7 +157,10 @@ def send(
         with transfer.connect(endpoint, password(), key) as session:
             final = f"{INBOX}/{batch}{AGE_SUFFIX}"
             part = f"{INBOX}/{batch}{PART_SUFFIX}"
-            already = session.size(final) is not None
+            receipt = f"{RECEIPTS}/{batch}{RECEIPT_SUFFIX}"
+            # A receipt (or a completed file) means the gateway already has this batch,
+            # even once it has moved the file on from /inbox.
+            already = session.size(receipt) is not None or session.size(final) is not None
             if already:
                 resumed_from = 0
                 with progress_bar(f"checking {batch}", size) as advance:
@@ -174,7 +180,7 @@ def send(
             signer = fingerprint(receipt_key)
             _compare(body, signer, batch, config.gateway.tenant, size, digest, resumed_from)
             host_key = session.host_key_fingerprint
-    entry = _record(config, key, book, batch, doc, body, host_key, resumed_from, already)
+    entry = _record(config, ledger_key, book, batch, doc, body, host_key, resumed_from, already)
     return SendResult(
         batch_id=batch,
         size=size,

@@ -19,7 +19,7 @@ import io
 import logging
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -246,13 +246,12 @@ class Session:
                         f"{path} on the gateway is {handle.tell()} bytes, expected {offset}",
                         hint="another upload of this batch may be running; run send again",
                     )
-                handle.set_pipelined(True)
-                for block in blocks:
-                    handle.write(block)
-                    if sent is not None:
-                        sent(len(block))
-            finally:
-                handle.close()
+                _write_checked(handle, blocks, sent)
+            except BaseException:
+                with suppress(Exception):
+                    handle.close()
+                raise
+            handle.close()
 
     def rename(self, source: str, target: str, *, timeout: float) -> None:
         """Rename on the gateway, waiting up to ``timeout`` (it hashes the file first)."""
@@ -321,6 +320,35 @@ class Session:
         return f"Session({self._endpoint.user}@{self._endpoint.address})"
 
 
+def _write_checked(
+    handle: Any, blocks: Iterable[bytes], sent: Callable[[int], None] | None
+) -> None:
+    """Write pipelined, then read the status of every write before returning.
+
+    paramiko does not wait for the answers to pipelined writes when a file is
+    closed, so a write the gateway refused (quota, size limit, full disk) would
+    go unnoticed. The last request is therefore written unpipelined: paramiko
+    then reads every outstanding answer first and raises on the first refusal.
+    """
+    handle.set_pipelined(True)
+    pending = b""
+    for block in blocks:
+        if pending:
+            handle.write(pending)
+            if sent is not None:
+                sent(len(pending))
+        pending = block
+    if not pending:
+        return
+    split = max(0, len(pending) - MAX_PACKET_BYTES)
+    if split:
+        handle.write(pending[:split])
+    handle.set_pipelined(False)
+    handle.write(pending[split:])
+    if sent is not None:
+        sent(len(pending))
+
+
 def _restrict(transport: paramiko.Transport, timeout: float) -> None:
     """Offer only the contract's algorithms; set the handshake timeouts."""
     options = transport.get_security_options()
@@ -332,7 +360,6 @@ def _restrict(transport: paramiko.Transport, timeout: float) -> None:
     transport.banner_timeout = timeout
     transport.handshake_timeout = timeout
     transport.auth_timeout = max(timeout, AUTH_TIMEOUT_MIN_SECONDS)
-    transport.set_keepalive(max(int(timeout), 15))
 
 
 def _reason(exc: BaseException) -> str:

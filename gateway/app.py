@@ -14,7 +14,7 @@ a lost notification delays a batch but never loses it.
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -78,8 +78,8 @@ class Gateway:
     accounts: Accounts
     audit: AuditLog
     storage: Storage
-    signing_key: Ed25519PrivateKey
-    host_key: Ed25519PrivateKey
+    signing_key: Ed25519PrivateKey = field(repr=False)
+    host_key: Ed25519PrivateKey = field(repr=False)
     queue: BatchQueue
     completer: Completer
     _closers: ExitStack

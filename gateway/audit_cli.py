@@ -15,6 +15,7 @@ when stdout is not a terminal.
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -176,9 +177,14 @@ def _public_key(cfg: config_mod.GatewayConfig, explicit: Path | None) -> Ed25519
 
 def _print_json_lines(found: Iterable[dict[str, object]]) -> None:
     out = sys.stdout.buffer
-    for record in found:
-        out.write(canonical_json(record) + b"\n")
-        out.flush()
+    try:
+        for record in found:
+            out.write(canonical_json(record) + b"\n")
+            out.flush()
+    except BrokenPipeError:  # e.g. `audit search | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _print_table(found: Iterator[dict[str, object]]) -> None:

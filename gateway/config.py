@@ -90,8 +90,10 @@ class EnvelopeSection:
 
 @dataclass(frozen=True)
 class PrintSiteSection:
-    """How the print site checks opened batches."""
+    """The print site: where batches arrive and how opened batches are checked."""
 
+    spool: str = "spool"
+    work_dir: str = "work"
     csv_encoding: str = "cp932"
 
 

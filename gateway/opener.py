@@ -83,8 +83,10 @@ def open_batch(
     try:
         with source:
             counted = io.BufferedReader(_CountingReader(source, progress), _BLOCK)
-            manifest = _extract(counted, passphrase, max_work_factor, temp, envelope_path, out_dir)
-        _verify(temp, manifest, csv_encoding)
+            manifest, digests = _extract(
+                counted, passphrase, max_work_factor, temp, envelope_path, out_dir
+            )
+        _verify(temp, manifest, digests, csv_encoding)
         target = _free_target(out_dir, manifest)
         temp.rename(target)
     except BaseException:
@@ -100,17 +102,22 @@ def _extract(
     temp: Path,
     path: Path,
     out_dir: Path,
-) -> Manifest:
-    """Decrypt and unpack into ``temp``; return the manifest once the payload authenticated."""
+) -> tuple[Manifest, dict[str, str]]:
+    """Decrypt and unpack into ``temp``.
+
+    Returns:
+        The manifest and each file's SHA-256, once the whole payload authenticated.
+    """
     try:
         reader = DecryptingReader(source, passphrase, max_work_factor=max_work_factor)
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=_BLOCK) as tar:
             manifest = _read_manifest(tar)
             _check_name(path, manifest)
             _free_target(out_dir, manifest)
             expected = {f.name: f.size for f in manifest.files}
+            digests: dict[str, str] = {}
             while (member := tar.next()) is not None:
-                _extract_member(tar, member, expected, temp)
+                digests[member.name] = _extract_member(tar, member, expected, temp)
             if expected:
                 raise OpenError(f"{len(expected)} file(s) in the manifest are missing")
         _drain_padding(reader)
@@ -121,7 +128,7 @@ def _extract(
         ) from None
     except (EnvelopeError, tarfile.TarError) as exc:
         raise OpenError(f"{path.name}: {_describe(exc)}; nothing was released") from None
-    return manifest
+    return manifest, digests
 
 
 def _drain_padding(reader: _Readable) -> None:
@@ -169,8 +176,12 @@ def _read_manifest(tar: tarfile.TarFile) -> Manifest:
 
 def _extract_member(
     tar: tarfile.TarFile, member: tarfile.TarInfo, expected: dict[str, int], temp: Path
-) -> None:
-    """Write one listed regular file into ``temp``; refuse anything else."""
+) -> str:
+    """Write one listed regular file into ``temp``; refuse anything else.
+
+    Returns:
+        The SHA-256 (hex) of what was written, computed on the way.
+    """
     if not member.isreg():
         raise OpenError(f"the envelope holds a non-file member ({member.name[:60]!r})")
     size = expected.pop(member.name, None)
@@ -183,29 +194,36 @@ def _extract_member(
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     # member.name passed check_file_name() via the manifest: one safe component.
     fd = os.open(temp / member.name, flags, 0o600)
+    digest = hashlib.sha256()
     with os.fdopen(fd, "wb") as sink:
-        shutil.copyfileobj(handle, sink, _BLOCK)
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+            sink.write(block)
         sink.flush()
         os.fsync(sink.fileno())
+    return digest.hexdigest()
 
 
-def _verify(temp: Path, manifest: Manifest, encoding: str) -> None:
-    """Check every released file's size, SHA-256 and record count against the manifest."""
+def _verify(temp: Path, manifest: Manifest, digests: dict[str, str], encoding: str) -> None:
+    """Check every released file's size, SHA-256 and record count against the manifest.
+
+    Args:
+        temp: the private directory the files were written to.
+        manifest: what the ward sealed.
+        digests: SHA-256 of each file as it was written.
+        encoding: CSV encoding for recounting records.
+    """
     for entry in manifest.files:
         path = temp / entry.name
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            if is_csv(entry.name):
+        if path.stat().st_size != entry.size or digests.get(entry.name) != entry.sha256:
+            raise OpenError(f"{entry.name}: content differs from the manifest (SHA-256)")
+        records = 1
+        if is_csv(entry.name):
+            with path.open("rb") as handle:
                 try:
-                    records = count_records(handle, entry.name, encoding, on_bytes=digest.update)
+                    records = count_records(handle, entry.name, encoding)
                 except ManifestError as exc:
                     raise OpenError(f"{entry.name}: {exc}") from None
-            else:
-                records = 1
-                while block := handle.read(_BLOCK):
-                    digest.update(block)
-        if path.stat().st_size != entry.size or digest.hexdigest() != entry.sha256:
-            raise OpenError(f"{entry.name}: content differs from the manifest (SHA-256)")
         if records != entry.records:
             raise OpenError(f"{entry.name}: {records} records, the manifest says {entry.records}")
 

@@ -24,7 +24,7 @@ receipts, so no completed file ever exists without its record and receipt.
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -34,6 +34,9 @@ from gateway.errors import GatewayError
 from gateway.policy import Area, NameKind, batch_of, file_name, name_kind
 from gateway.state import BatchRecord, BatchState, DuplicateBatchError, StateError, StateStore
 from gateway.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    from gateway.app import BatchQueue
 
 RECEIPT_FIELDS = (
     "batch_id",
@@ -46,13 +49,6 @@ RECEIPT_FIELDS = (
     "gateway_key",
 )
 """The body of a receipt, exactly these fields."""
-
-
-class BatchNotifier(Protocol):
-    """Where completed batches are announced (see ``gateway.app.BatchQueue``)."""
-
-    def notify(self, batch_id: str) -> None:
-        """A batch has been received."""
 
 
 class CompletionError(GatewayError):
@@ -108,7 +104,7 @@ class Completer:
         store: StateStore,
         signing_key: Ed25519PrivateKey,
         audit: AuditLog,
-        queue: BatchNotifier,
+        queue: "BatchQueue",
         clock: Callable[[], datetime] = _now,
     ) -> None:
         """Bind the parts a completion touches."""

@@ -72,6 +72,7 @@ class Connection:
     close_reason: str | None = None
     channels: int = 0
     sftp_sessions: int = 0
+    busy: int = 0
     threads: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -150,19 +151,22 @@ class DropServer:
         if listener is None:
             raise RuntimeError("bind() first")
         host, port = listener.getsockname()[:2]
-        self.gateway.audit.emit("server_started", listen=f"{host}:{port}", pid=os.getpid())
-        recovered = self.gateway.completer.recover()
-        if recovered:
-            self.gateway.audit.emit("server_recovered", files=recovered)
-        self._reaper.start()
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                for key, _ in selector.select(timeout=1.0):
-                    if key.fileobj is listener:
-                        self._accept(listener)
-        self._shutdown()
+        try:
+            self.gateway.audit.emit("server_started", listen=f"{host}:{port}", pid=os.getpid())
+            recovered = self.gateway.completer.recover()
+            if recovered:
+                self.gateway.audit.emit("server_recovered", files=recovered)
+            self._reaper.start()
+            with selectors.DefaultSelector() as selector:
+                selector.register(listener, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping.is_set():
+                    for key, _ in selector.select(timeout=1.0):
+                        if key.fileobj is listener:
+                            self._accept(listener)
+        finally:
+            self._stopping.set()
+            self._shutdown()
 
     def stop(self) -> None:
         """Ask :meth:`serve_forever` to stop (safe from signal handlers and other threads)."""
@@ -184,7 +188,8 @@ class DropServer:
             for thread in threads:
                 if thread is not threading.current_thread() and thread.is_alive():
                     thread.join(max(0.0, deadline - time.monotonic()))
-        self._reaper.join(timeout=2 * TICK_SECONDS + 1)
+        if self._reaper.is_alive():
+            self._reaper.join(timeout=2 * TICK_SECONDS + 1)
         for conn in connections:
             self._finish(conn)
         self.gateway.audit.emit("server_stopped", connections_closed=len(connections))
@@ -261,6 +266,8 @@ class DropServer:
             True when ``conn`` is logged in; False when it is not (yet), or was
             refused and cut here.
         """
+        # Audited under the connection's lock, so no thread can see the login (and open a
+        # channel) before login_succeeded is in the log.
         with conn.lock:
             if conn.logged_in:
                 return True
@@ -277,7 +284,7 @@ class DropServer:
                 or user != account.name
                 or conn.key_fingerprint is None
             ):
-                refusal = "login_inconsistent"
+                refusal: str | None = "login_inconsistent"
             else:
                 with self._lock:
                     if self._per_account.get(user, 0) >= self._cfg.max_sessions_per_account:
@@ -286,20 +293,20 @@ class DropServer:
                         self._per_account[user] = self._per_account.get(user, 0) + 1
                         conn.logged_in = True
                         refusal = None
-        audit = self.gateway.audit
-        if refusal is not None:
-            audit.emit("connection_refused", **conn.fields(), reason=refusal)
-            conn.close(refusal)
-            return False
-        conn.touch()
-        audit.emit(
-            "login_succeeded",
-            **conn.fields(),
-            method="password+publickey",
-            role=account.role if account else None,
-            key_fingerprint=conn.key_fingerprint,
-        )
-        return True
+            audit = self.gateway.audit
+            if refusal is None and account is not None:
+                conn.touch()
+                audit.emit(
+                    "login_succeeded",
+                    **conn.fields(),
+                    method="password+publickey",
+                    role=account.role,
+                    key_fingerprint=conn.key_fingerprint,
+                )
+                return True
+            audit.emit("connection_refused", **{**conn.fields(), "user": user, "reason": refusal})
+        conn.close(refusal or "login_inconsistent")
+        return False
 
     # -- the reaper --------------------------------------------------------------------------
 
@@ -331,7 +338,7 @@ class DropServer:
                 return
             if now - conn.accepted_at > self._cfg.login_grace_seconds:
                 conn.close("login_grace_timeout")
-        elif now - conn.last_activity > self._cfg.idle_timeout_seconds:
+        elif not conn.busy and now - conn.last_activity > self._cfg.idle_timeout_seconds:
             conn.close("idle_timeout")
 
     def _finish(self, conn: Connection) -> None:
@@ -354,4 +361,4 @@ class DropServer:
         """Audit from the reaper; an audit failure must not kill the thread."""
         # An audit failure must not kill the reaper; the log reports it on the next emit.
         with contextlib.suppress(Exception):
-            self.gateway.audit.emit(event, **conn.fields(), **fields)
+            self.gateway.audit.emit(event, **{**conn.fields(), **fields})

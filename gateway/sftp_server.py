@@ -9,7 +9,8 @@ that speaks paramiko. Deny by default everywhere:
   and audited per connection as ``strict_kex``.
 - Login, two steps: ``get_allowed_auths`` offers only ``password`` until the
   password step passed for that user, then only ``publickey``; the password
-  step answers AUTH_PARTIALLY_SUCCESSFUL; the key step answers AUTH_SUCCESSFUL
+  step answers AUTH_PARTIALLY_SUCCESSFUL (audited ``password_accepted``; every
+  refusal ``login_failed`` with method and reason); the key step answers AUTH_SUCCESSFUL
   only for the same user and the account's key. The key callback runs before
   paramiko has verified the signature, so it records nothing as logged in:
   :meth:`gateway.server.DropServer.confirm_login` does that once paramiko
@@ -22,11 +23,13 @@ that speaks paramiko. Deny by default everywhere:
 """
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import stat
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +84,12 @@ MAX_OPEN_HANDLES = 16
 """Files open at once in one SFTP session."""
 MAX_READ_BYTES = 256 * 1024
 """Largest single SFTP read served."""
-WINDOW_BYTES = 8 * 1024 * 1024
-"""SSH channel window: how much a client may send before waiting for us."""
+HANDSHAKE_SLACK_SECONDS = 5.0
+"""paramiko's own banner/handshake timeouts are the login grace plus this."""
 
 _QUIET_GLOBAL_REQUESTS = frozenset({"keepalive@openssh.com", "no-more-sessions@openssh.com"})
 _PERMISSION = frozenset(
-    {"symlink", "not_regular", "bad_name", "not_directory", "permission", "bad_tenant"}
+    {"symlink", "hard_link", "not_regular", "bad_name", "not_directory", "permission", "bad_tenant"}
 )
 
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -148,7 +151,7 @@ class _Transport(paramiko.Transport):  # type: ignore[misc]  # paramiko is untyp
 
 def start_transport(sock: Any, conn: "Connection", server: "DropServer") -> paramiko.Transport:
     """Start the SSH server side on an accepted socket (runs in paramiko's thread)."""
-    transport = _Transport(sock, default_window_size=WINDOW_BYTES, default_max_packet_size=32768)
+    transport = _Transport(sock)
     transport.local_version = SERVER_VERSION
     options = transport.get_security_options()
     options.kex = tuple(k for k in KEX if k in options.kex)
@@ -156,36 +159,37 @@ def start_transport(sock: Any, conn: "Connection", server: "DropServer") -> para
     options.digests = MACS
     options.key_types = HOST_KEY_TYPES
     options.compression = ("none",)
-    grace = float(server.gateway.config.server.login_grace_seconds)
-    transport.banner_timeout = grace
-    transport.handshake_timeout = grace
-    transport.auth_timeout = grace
+    # Safety nets only: the reaper in gateway.server enforces login_grace_seconds itself.
+    slack = float(server.gateway.config.server.login_grace_seconds) + HANDSHAKE_SLACK_SECONDS
+    transport.banner_timeout = slack
+    transport.handshake_timeout = slack
     transport.add_server_key(server.host_key)
     conn.transport = transport
-    transport.start_server(server=_Interface(conn, server))
+    # With an event, start_server returns at once; the key exchange runs in paramiko's thread.
+    transport.start_server(event=threading.Event(), server=_Interface(conn, server))
     return transport
 
 
 def note_negotiated(conn: "Connection", audit: AuditLog) -> None:
     """Audit ``connection_opened`` once the key exchange is done (idempotent)."""
     transport = conn.transport
-    with conn.lock:
+    with conn.lock:  # emitted under the lock: nothing about a connection is logged before this
         if conn.negotiated or transport is None or not transport.is_active():
             return
         if not transport.initial_kex_done:
             return
         conn.negotiated = True
-    cipher = transport.remote_cipher
-    audit.emit(
-        "connection_opened",
-        **conn.fields(),
-        client_version=transport.remote_version,
-        kex=getattr(transport, "negotiated_kex", None),
-        host_key_type=transport.host_key_type,
-        cipher=cipher,
-        mac=None if "gcm" in cipher else transport.remote_mac,
-        strict_kex=bool(transport.agreed_on_strict_kex),
-    )
+        cipher = transport.remote_cipher
+        audit.emit(
+            "connection_opened",
+            **conn.fields(),
+            client_version=transport.remote_version,
+            kex=getattr(transport, "negotiated_kex", None),
+            host_key_type=transport.host_key_type,
+            cipher=cipher,
+            mac=None if "gcm" in cipher else transport.remote_mac,
+            strict_kex=bool(transport.agreed_on_strict_kex),
+        )
 
 
 def negotiation_failure(conn: "Connection") -> dict[str, object]:
@@ -209,7 +213,7 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
         self.gateway = server.gateway
 
     def _audit(self, event: str, **fields: object) -> None:
-        self.gateway.audit.emit(event, **self.conn.fields(), **fields)
+        self.gateway.audit.emit(event, **{**self.conn.fields(), **fields})
 
     def _prologue(self) -> None:
         self.conn.touch()
@@ -244,9 +248,10 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
             with self.conn.lock:
                 self.conn.password_user = username
                 self.conn.account = account
+            self._audit("password_accepted", user=username, method="password")
             return AUTH_PARTIALLY_SUCCESSFUL
-        except Exception:
-            self._fail_closed("login_failed", user=username, method="password")
+        except Exception as exc:
+            self._fail_closed(exc, "login_failed", user=username, method="password")
             return AUTH_FAILED
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
@@ -267,22 +272,24 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
             with conn.lock:
                 conn.key_fingerprint = offered
             return AUTH_SUCCESSFUL
-        except Exception:
-            self._fail_closed("login_failed", user=username, method="publickey")
+        except Exception as exc:
+            self._fail_closed(exc, "login_failed", user=username, method="publickey")
             return AUTH_FAILED
 
     def _key_refused(self, username: str, reason: str, **fields: object) -> int:
+        with self.conn.lock:
+            self.conn.key_fingerprint = None
         self._audit("login_failed", user=username, method="publickey", reason=reason, **fields)
         return AUTH_FAILED
 
     def check_auth_interactive(self, username: str, submethods: str) -> int:
         return AUTH_FAILED
 
-    def _fail_closed(self, event: str, **fields: object) -> None:
-        try:
-            self._audit(event, **fields, reason="internal_error")
-        finally:
-            self.conn.close("internal_error")
+    def _fail_closed(self, exc: Exception, event: str, **fields: object) -> None:
+        """Audit an unexpected failure (its type only) and cut the connection."""
+        with contextlib.suppress(Exception):  # the log reports its own breakage on the next emit
+            self._audit(event, **fields, reason="internal_error", error=type(exc).__name__)
+        self.conn.close("internal_error")
 
     # -- channels ----------------------------------------------------------------------------
 
@@ -415,6 +422,8 @@ class _SFTPServer(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is unt
 
     def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
         self._conn.touch()
+        with self._conn.lock:
+            self._conn.busy += 1  # a long request (hashing at completion) is not idleness
         try:
             if t == CMD_REALPATH:
                 self._realpath(request_number, msg)
@@ -427,6 +436,8 @@ class _SFTPServer(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is unt
             sftp.refuse("request", "", PolicyError("not_utf8", "path is not UTF-8"))
             self._send_status(request_number, SFTP_PERMISSION_DENIED)
         finally:
+            with self._conn.lock:
+                self._conn.busy -= 1
             self._conn.touch()
 
     def _realpath(self, request_number: int, msg: paramiko.Message) -> None:
@@ -470,7 +481,7 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
 
     def audit(self, event: str, **fields: object) -> None:
         """Emit an audit event with this session's common fields."""
-        self.gateway.audit.emit(event, **self.conn.fields(), **fields)
+        self.gateway.audit.emit(event, **{**self.conn.fields(), **fields})
 
     def refuse(self, op: str, path: str, exc: BaseException) -> _Status:
         """Audit a refusal (``sftp_refused``) and return its status code."""

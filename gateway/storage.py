@@ -310,21 +310,28 @@ class Storage:
 
         Raises:
             StorageError: missing without ``create``, exists with ``exclusive``,
-                a symlink, or not a regular file.
+                a symlink, a file with other hard links, or not a regular file.
         """
         flags = os.O_WRONLY
         flags |= os.O_CREAT if create else 0
         flags |= os.O_EXCL if exclusive else 0
-        flags |= os.O_TRUNC if truncate else 0
         with self._area(tenant, Area.INBOX) as adir:
             fd = self._open_regular(adir, name, flags)
-        upload = Upload(self, tenant, name, fd)
+        try:
+            if os.fstat(fd).st_nlink != 1:  # a planted hard link would let writes escape
+                raise StorageError("hard_link", "the file has other links; refused")
+            upload = Upload(self, tenant, name, fd)
+        except BaseException:
+            os.close(fd)
+            raise
         with self._lock:
             previous = self._writers.get((tenant, name))
             self._writers[(tenant, name)] = upload
             self._usage.pop(tenant, None)
         if previous is not None:
-            previous.supersede()
+            previous.supersede()  # waits for its write in flight, if any
+        if truncate:
+            upload.truncate()
         return upload
 
     def _release(self, upload: "Upload") -> None:
@@ -509,6 +516,16 @@ class Upload:
                 self.size = os.fstat(self._fd).st_size
                 raise _os_error(exc) from None
             self.size = max(self.size, end)
+
+    def truncate(self) -> None:
+        """Empty the file (an upload started over)."""
+        with self._lock:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError as exc:
+                raise _os_error(exc) from None
+            self.size = 0
+        self._storage._unreserve(self.tenant)
 
     def supersede(self) -> None:
         """Make later writes fail: another session or the completion took over."""

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -318,5 +317,5 @@ def test_seal_rolls_back_when_the_ledger_cannot_record(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes().replace(b'"size":0', b'"size":5'))
     with pytest.raises(ClientError, match="damaged"):
         seal.seal([_print_file(tmp_path)], "KAIGO", cfg)
-    assert os.listdir(cfg.path(cfg.seal.out_dir)) == []
-    assert os.listdir(cfg.path(cfg.seal.notice_dir)) == []
+    assert list(cfg.path(cfg.seal.out_dir).iterdir()) == []
+    assert list(cfg.path(cfg.seal.notice_dir).iterdir()) == []

@@ -8,7 +8,7 @@ tests/integration/test_send.py.
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import paramiko
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paramiko.sftp import SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
+from paramiko.sftp import SFTP_FAILURE, SFTP_NO_SUCH_FILE, SFTP_OK, SFTP_PERMISSION_DENIED
 
 from client import transfer
 from client.errors import ClientError, TemporaryError
@@ -28,6 +28,7 @@ STRANGER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 HOST = Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96)))
 OTHER_HOST = Ed25519PrivateKey.from_private_bytes(bytes(range(96, 128)))
 PASSWORD = "correct horse battery"
+LIMIT = 65536
 
 
 def _paramiko_key(key: Ed25519PrivateKey) -> paramiko.Ed25519Key:
@@ -77,6 +78,11 @@ class _Handle(paramiko.SFTPHandle):
     def stat(self) -> Any:
         return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
 
+    def write(self, offset: int, data: bytes) -> Any:
+        if self.filename.endswith("limited.age.part") and offset + len(data) > LIMIT:
+            return SFTP_FAILURE
+        return super().write(offset, data)
+
 
 class _Files(paramiko.SFTPServerInterface):
     """SFTP over a directory; anything under /receipts is read-only, /locked refused."""
@@ -90,7 +96,7 @@ class _Files(paramiko.SFTPServerInterface):
         if path.startswith("/locked"):
             return SFTP_PERMISSION_DENIED
         try:
-            return paramiko.SFTPAttributes.from_stat(os.stat(self._disk(path)))
+            return paramiko.SFTPAttributes.from_stat(self._disk(path).stat())
         except FileNotFoundError:
             return SFTP_NO_SUCH_FILE
 
@@ -119,7 +125,7 @@ class _Files(paramiko.SFTPServerInterface):
         return handle
 
     def rename(self, oldpath: str, newpath: str) -> int:
-        os.rename(self._disk(oldpath), self._disk(newpath))
+        self._disk(oldpath).rename(self._disk(newpath))
         return SFTP_OK
 
     def remove(self, path: str) -> int:
@@ -136,7 +142,7 @@ class _Gateway:
 
 def _serve(
     root: Path, host_key: Ed25519PrivateKey, *, ciphers: tuple[str, ...] | None = None
-) -> Iterator[_Gateway]:
+) -> Generator[_Gateway, None, None]:
     listener = socket.create_server(("127.0.0.1", 0))
     log = _Log()
     stop = threading.Event()
@@ -284,6 +290,12 @@ def test_client_offers_only_the_contract_algorithms(gateway: _Gateway) -> None:
         assert t.local_cipher in transfer.CIPHERS
         assert t.remote_cipher in transfer.CIPHERS
         assert t.host_key_type == "ssh-ed25519"
+        options = t.get_security_options()
+        assert options.kex == transfer.KEX_ALGORITHMS
+        assert options.ciphers == transfer.CIPHERS
+        assert options.digests == transfer.MACS
+        assert options.key_types == ("ssh-ed25519",)
+        assert not any("cbc" in c or "sha1" in c for c in (*options.ciphers, *options.digests))
         assert t.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
@@ -298,12 +310,24 @@ def test_upload_then_resume_appends(gateway: _Gateway) -> None:
     assert (gateway.root / "inbox" / "x.age").read_bytes() == data
 
 
+@pytest.mark.parametrize("size", [LIMIT + 1, 200_000, 5 << 20])
+def test_refused_pipelined_write_is_reported(gateway: _Gateway, size: int) -> None:
+    """A write the server refuses anywhere in a pipelined upload fails it (exit 1)."""
+    with transfer.connect(_endpoint(gateway.port), PASSWORD, WARD) as session:
+        with pytest.raises(ClientError, match="refused") as info:
+            session.upload("/inbox/limited.age.part", [b"a" * size], offset=0)
+        assert type(info.value) is ClientError
+        assert (session.size("/inbox/limited.age.part") or 0) <= LIMIT
+
+
 def test_resume_from_the_wrong_offset_is_refused(gateway: _Gateway) -> None:
     """Resuming where the remote file does not end is refused, nothing written."""
     (gateway.root / "inbox" / "y.age.part").write_bytes(b"12345")
-    with transfer.connect(_endpoint(gateway.port), PASSWORD, WARD) as session:
-        with pytest.raises(ClientError, match="expected 3"):
-            session.upload("/inbox/y.age.part", [b"more"], offset=3)
+    with (
+        transfer.connect(_endpoint(gateway.port), PASSWORD, WARD) as session,
+        pytest.raises(ClientError, match="expected 3"),
+    ):
+        session.upload("/inbox/y.age.part", [b"more"], offset=3)
     assert (gateway.root / "inbox" / "y.age.part").read_bytes() == b"12345"
 
 

@@ -8,6 +8,7 @@ from gateway import policy
 from gateway.policy import Area, NameKind, Op, PolicyError, VirtualPath
 
 BATCH = "20260715-KAIGO-7F3KQ2"
+RECEIPT = BATCH + ".receipt.json"
 WARD, CONTRACTOR = policy.ROLE_WARD, policy.ROLE_CONTRACTOR
 
 HOSTILE = [
@@ -54,7 +55,10 @@ def test_hostile_paths_are_refused_with_a_reason(raw: str, reason: str) -> None:
         ("inbox", VirtualPath(Area.INBOX)),
         ("/inbox/" + BATCH + ".age.part", VirtualPath(Area.INBOX, BATCH + ".age.part")),
         ("inbox/" + BATCH + ".age", VirtualPath(Area.INBOX, BATCH + ".age")),
-        ("/receipts/" + BATCH + ".receipt.json", VirtualPath(Area.RECEIPTS, BATCH + ".receipt.json")),
+        (
+            "/receipts/" + BATCH + ".receipt.json",
+            VirtualPath(Area.RECEIPTS, BATCH + ".receipt.json"),
+        ),
     ],
 )
 def test_ward_paths_parse_to_virtual_paths(raw: str, expected: VirtualPath) -> None:

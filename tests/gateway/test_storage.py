@@ -54,7 +54,10 @@ def test_upload_write_resume_and_publish(tmp_path: Path, store: Storage) -> None
     again.close()
     store.publish(TENANT, Area.INBOX, PART, DONE)
     assert (_inbox(tmp_path) / DONE).read_bytes() == b"hello world"
-    assert store.digest(TENANT, Area.INBOX, DONE) == (11, hashlib.sha256(b"hello world").hexdigest())
+    assert store.digest(TENANT, Area.INBOX, DONE) == (
+        11,
+        hashlib.sha256(b"hello world").hexdigest(),
+    )
     assert (_inbox(tmp_path) / DONE).stat().st_mode & 0o777 == 0o600
 
 
@@ -164,10 +167,10 @@ def test_planted_symlinks_are_refused(tmp_path: Path, store: Storage, what: str)
     if what == "file":
         (tenant_dir / "inbox" / PART).symlink_to(secret)
     elif what == "area":
-        os.rename(tenant_dir / "inbox", tmp_path / "old-inbox")
+        (tenant_dir / "inbox").rename(tmp_path / "old-inbox")
         (tenant_dir / "inbox").symlink_to(outside)
     else:
-        os.rename(tenant_dir, tmp_path / "old-tenant")
+        tenant_dir.rename(tmp_path / "old-tenant")
         tenant_dir.symlink_to(outside)
     with pytest.raises(StorageError) as refused:
         store.open_upload(TENANT, PART, create=True, truncate=True, exclusive=False)
@@ -225,3 +228,28 @@ def test_remove_refuses_symlinks(tmp_path: Path, store: Storage) -> None:
         store.remove(TENANT, Area.INBOX, PART)
     assert refused.value.reason == "symlink"
     assert target.exists()
+
+
+def test_planted_hard_link_is_not_written(tmp_path: Path, store: Storage) -> None:
+    """An upload name hard-linked to a file elsewhere is refused, never truncated."""
+    target = tmp_path / "storage" / "victim"
+    target.write_bytes(b"precious")
+    os.link(target, _inbox(tmp_path) / PART)
+    with pytest.raises(StorageError) as refused:
+        store.open_upload(TENANT, PART, create=True, truncate=True, exclusive=False)
+    assert refused.value.reason == "hard_link"
+    assert target.read_bytes() == b"precious"
+
+
+def test_truncating_reopen_supersedes_before_truncating(store: Storage) -> None:
+    """Starting over ('w') first stops the old writer, then empties the file."""
+    old = store.open_upload(TENANT, PART, create=True, truncate=False, exclusive=False)
+    old.write(0, b"old data")
+    new = store.open_upload(TENANT, PART, create=True, truncate=True, exclusive=False)
+    assert new.size == 0
+    with pytest.raises(StorageError):
+        old.write(8, b"more")
+    new.write(0, b"new")
+    old.close()
+    new.close()
+    assert store.stat(TENANT, Area.INBOX, PART).size == 3

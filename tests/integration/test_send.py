@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from client import ledger, transfer
 from custody import (
@@ -131,10 +132,10 @@ class Drop:
         host_key = (self.gw / "keys" / "ssh_host_ed25519_key.pub").read_text()
         return transfer.Endpoint("127.0.0.1", self.port, USER, load_public_key(host_key), 10)
 
-    def key(self) -> object:
+    def key(self) -> Ed25519PrivateKey:
         return load_private_key(self.ward_key.read_bytes())
 
-    def receipt_key(self) -> object:
+    def receipt_key(self) -> Ed25519PublicKey:
         return load_public_key((self.gw / "keys" / "gateway_signing_ed25519.pub").read_text())
 
 
@@ -161,6 +162,11 @@ def drop(tmp_path: Path) -> Iterator[Drop]:
         d.stop()
 
 
+def _inbox(d: Drop) -> list[str]:
+    inbox = d.storage / "inbox"
+    return sorted(p.name for p in inbox.iterdir()) if inbox.exists() else []
+
+
 def _sent_entries(d: Drop, batch: str) -> list[dict[str, object]]:
     book = d.ward / "ledger" / "ledger.jsonl"
     return [e for e in ledger.entries(book, batch) if e["event"] == "sent"]
@@ -182,7 +188,7 @@ def test_seal_then_send_verifies_the_receipt_and_records_it(drop: Drop) -> None:
     assert "received by the gateway" in result.err
     assert (drop.storage / "inbox" / f"{batch}.age").read_bytes() == local.read_bytes()
     receipt = loads_record((drop.storage / "receipts" / f"{batch}.receipt.json").read_bytes())
-    body = verify_record(receipt, drop.receipt_key(), kind=KIND_RECEIPT)  # type: ignore[arg-type]
+    body = verify_record(receipt, drop.receipt_key(), kind=KIND_RECEIPT)
     assert body["sha256"] == hashlib.sha256(local.read_bytes()).hexdigest()
     book = drop.ward / "ledger" / "ledger.jsonl"
     events = [(e["event"], e["batch"]) for e in ledger.entries(book)]
@@ -191,8 +197,8 @@ def test_seal_then_send_verifies_the_receipt_and_records_it(drop: Drop) -> None:
     assert sent["receipt"] == receipt
     assert sent["handler"] == "山田"
     assert sent["host_key"] == fingerprint(drop.endpoint().host_key)
-    assert sent["receipt_signer"] == fingerprint(drop.receipt_key())  # type: ignore[arg-type]
-    assert ledger.Ledger.verify(book, drop.key().public_key()).ok  # type: ignore[attr-defined]
+    assert sent["receipt_signer"] == fingerprint(drop.receipt_key())
+    assert ledger.Ledger.verify(book, drop.key().public_key()).ok
 
 
 def test_send_accepts_the_path_of_an_age_file(drop: Drop) -> None:
@@ -212,7 +218,7 @@ def test_wrong_password_exits_1_and_uploads_nothing(drop: Drop) -> None:
     assert result.code == 1, result.err
     assert "login refused" in result.err
     assert "not-the-password" not in result.err
-    assert list((drop.storage / "inbox").iterdir()) == []
+    assert _inbox(drop) == []
     assert _sent_entries(drop, batch) == []
 
 
@@ -224,7 +230,7 @@ def test_wrong_key_exits_1(drop: Drop) -> None:
     result = drop.send(batch, "--key", other)
     assert result.code == 1, result.err
     assert "does not accept the key" in result.err
-    assert list((drop.storage / "inbox").iterdir()) == []
+    assert _inbox(drop) == []
 
 
 def test_changed_host_key_exits_1_naming_the_fingerprint_seen(drop: Drop) -> None:
@@ -279,7 +285,7 @@ def test_interrupted_upload_is_resumed(drop: Drop) -> None:
     """A .part left by an earlier attempt is completed from its size, not re-sent."""
     batch, path = drop.batch(3 << 20)
     data = path.read_bytes()
-    with transfer.connect(drop.endpoint(), PASSWORD, drop.key()) as session:  # type: ignore[arg-type]
+    with transfer.connect(drop.endpoint(), PASSWORD, drop.key()) as session:
         session.upload(f"/inbox/{batch}.age.part", [data[:1_000_000]], offset=0)
     result = drop.send(batch)
     assert result.code == 0, result.err
@@ -293,14 +299,16 @@ def test_killed_gateway_mid_upload_exits_75_then_resumes(drop: Drop) -> None:
     """Killing the server mid-upload gives 75; after a restart send resumes and completes."""
     batch, path = drop.batch(160 << 20)
     part = drop.storage / "inbox" / f"{batch}.age.part"
+    read_end, write_end = os.pipe()
+    os.write(write_end, PASSWORD.encode() + b"\n")
+    os.close(write_end)
     proc = subprocess.Popen(
         [str(BIN / "lgwan-client"), "--config", str(drop.config), "send", batch,
-         "--password-fd", "0"],
-        cwd=drop.ward, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "--password-fd", str(read_end)],
+        cwd=drop.ward, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=(read_end,),
     )  # fmt: skip
-    assert proc.stdin is not None
-    proc.stdin.write(PASSWORD.encode() + b"\n")
-    proc.stdin.close()
+    os.close(read_end)
     deadline = time.monotonic() + 60
     while not (part.exists() and part.stat().st_size > 8 << 20):
         assert time.monotonic() < deadline, "upload never started"
@@ -322,8 +330,8 @@ def test_killed_gateway_mid_upload_exits_75_then_resumes(drop: Drop) -> None:
 
 def test_damaged_remote_prefix_is_reported_clearly(drop: Drop) -> None:
     """A .part whose bytes differ from the local file is caught by the receipt's SHA-256."""
-    batch, path = drop.batch()
-    with transfer.connect(drop.endpoint(), PASSWORD, drop.key()) as session:  # type: ignore[arg-type]
+    batch, _ = drop.batch()
+    with transfer.connect(drop.endpoint(), PASSWORD, drop.key()) as session:
         session.upload(f"/inbox/{batch}.age.part", [b"X" * 1000], offset=0)
     result = drop.send(batch)
     assert result.code == 1, result.err
@@ -367,3 +375,35 @@ def test_tampered_receipt_exits_1(drop: Drop) -> None:
     assert "does not verify" in result.err
     assert "bad signature" in result.err
     assert len(_sent_entries(drop, batch)) == 1
+
+
+def test_upload_over_the_gateway_limit_exits_1_and_stays_resumable(drop: Drop) -> None:
+    """A write refused by the gateway (upload size limit) is a refusal, not a retry."""
+    drop.stop()
+    config = drop.gw / "gateway.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r"(?m)^max_upload_bytes = \d+$", "max_upload_bytes = 1048576", text))
+    drop.start()
+    batch, _ = drop.batch(3 << 20)
+    result = drop.send(batch)
+    assert result.code == 1, result.err
+    assert "the gateway refused" in result.err
+    assert _inbox(drop) == [f"{batch}.age.part"]
+    assert _sent_entries(drop, batch) == []
+
+
+def test_envelope_changed_since_sealing_is_withdrawn(drop: Drop) -> None:
+    """An envelope whose bytes differ from the ledger's `sealed` entry is never completed."""
+    sample = run_cli("lgwan-client", "sample", "--records", "5", "--out", "d.csv", cwd=drop.ward)
+    assert sample.code == 0, sample.err
+    sealed = run_cli("lgwan-client", "--config", drop.config, "seal", "d.csv",
+                     "--notice-type", "KAIGO", cwd=drop.ward)  # fmt: skip
+    assert sealed.code == 0, sealed.err
+    batch = sealed.out.strip()
+    with (drop.ward / "outbox" / f"{batch}.age").open("ab") as handle:
+        handle.write(b"tampered")
+    result = drop.send(batch)
+    assert result.code == 1, result.err
+    assert "changed since it was sealed" in result.err
+    assert _inbox(drop) == []
+    assert not (drop.storage / "receipts" / f"{batch}.receipt.json").exists()
