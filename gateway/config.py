@@ -10,11 +10,13 @@ With no configuration file, the current directory.
 import os
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.routes import TENANT_RE, TenantSection, parse_route
 
 ENV_VAR = "LGWAN_GATEWAY_CONFIG"
 CONFIG_DIR_NAME = "config"
@@ -98,6 +100,30 @@ class PrintSiteSection:
 
 
 @dataclass(frozen=True)
+class ForwarderSection:
+    """The forwarding pipeline: rescans, retries and retention."""
+
+    rescan_seconds: int = 60
+    backoff_initial_ms: int = 1000
+    backoff_max_seconds: int = 300
+    retention_seconds: int = 0
+    connect_timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class PullSection:
+    """Pull mode at the print site: the gateway account batches are pulled from."""
+
+    host: str = ""
+    port: int = 2222
+    user: str = ""
+    tenant: str = ""
+    host_key: str = ""
+    receipt_key: str = ""
+    private_key: str = "keys/contractor_ed25519"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration."""
 
@@ -109,6 +135,9 @@ class GatewayConfig:
     audit: AuditSection = field(default_factory=AuditSection)
     envelope: EnvelopeSection = field(default_factory=EnvelopeSection)
     printsite: PrintSiteSection = field(default_factory=PrintSiteSection)
+    forwarder: ForwarderSection = field(default_factory=ForwarderSection)
+    pull: PullSection = field(default_factory=PullSection)
+    tenants: Mapping[str, TenantSection] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None
 
@@ -126,6 +155,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSection,
     "envelope": EnvelopeSection,
     "printsite": PrintSiteSection,
+    "forwarder": ForwarderSection,
+    "pull": PullSection,
 }
 
 
@@ -149,6 +180,9 @@ def load(explicit: str | None) -> GatewayConfig:
         raise ConfigError(str(path), None, f"cannot read TOML: {exc}") from None
     built: dict[str, Any] = {}
     for name, table in raw.items():
+        if name == "tenants":
+            built[name] = _tenants(table, str(path))
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
             raise ConfigError(str(path), name, "unknown section")
@@ -156,6 +190,29 @@ def load(explicit: str | None) -> GatewayConfig:
             raise ConfigError(str(path), name, "must be a table")
         built[name] = _typed(cls, table, str(path), name)
     return _checked(GatewayConfig(**built, base_dir=deployment_root(path), source=path))
+
+
+def _tenants(raw: object, file: str) -> dict[str, TenantSection]:
+    """Build the ``[tenants.<name>]`` tables, checking names and forward routes."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "tenants", "must be a table of [tenants.<name>] tables")
+    tenants: dict[str, TenantSection] = {}
+    for name, table in raw.items():
+        key = f"tenants.{name}"
+        if not TENANT_RE.fullmatch(name):
+            raise ConfigError(file, key, "tenant names are 2-32 of a-z, 0-9 and '-'")
+        if not isinstance(table, dict):
+            raise ConfigError(file, key, "must be a table")
+        section = _typed(TenantSection, table, file, key)
+        try:
+            parse_route(section.forward)
+        except ValueError as exc:
+            raise ConfigError(file, f"{key}.forward", str(exc)) from None
+        for count in ("max_attempts", "max_age_minutes"):
+            if getattr(section, count) < 1:
+                raise ConfigError(file, f"{key}.{count}", "must be at least 1")
+        tenants[name] = section
+    return tenants
 
 
 def deployment_root(config_file: Path) -> Path:
@@ -219,6 +276,12 @@ _POSITIVE = {
     "auth": ("max_failures", "lockout_minutes", "source_failures_per_minute"),
     "storage": ("max_upload_bytes", "tenant_quota_bytes"),
     "audit": ("checkpoint_every_records", "checkpoint_every_seconds"),
+    "forwarder": (
+        "rescan_seconds",
+        "backoff_initial_ms",
+        "backoff_max_seconds",
+        "connect_timeout_seconds",
+    ),
 }
 
 
@@ -228,7 +291,11 @@ def _check_positive(file: str, config: GatewayConfig) -> None:
         for key in keys:
             if getattr(getattr(config, section), key) < 1:
                 raise ConfigError(file, f"{section}.{key}", "must be at least 1")
-    for section, key in (("auth", "failure_delay_ms"), ("storage", "reserve_free_bytes")):
+    for section, key in (
+        ("auth", "failure_delay_ms"),
+        ("storage", "reserve_free_bytes"),
+        ("forwarder", "retention_seconds"),
+    ):
         if getattr(getattr(config, section), key) < 0:
             raise ConfigError(file, f"{section}.{key}", "must not be negative")
 

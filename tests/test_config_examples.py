@@ -76,9 +76,12 @@ def test_example_lists_every_key(example: Path, table: dict[str, type[Any]]) -> 
     ],
 )
 def test_every_config_field_is_a_known_section(cls: type[Any], table: dict[str, Any]) -> None:
-    """Each section field of the top-level config is loadable from TOML (in _SECTIONS)."""
+    """Each section field of the top-level config is loadable from TOML (in _SECTIONS).
+
+    ``tenants`` is the one table of tables (``[tenants.<name>]``), checked separately.
+    """
     section_fields = {
-        f.name for f in dataclasses.fields(cls) if f.name not in ("base_dir", "source")
+        f.name for f in dataclasses.fields(cls) if f.name not in ("base_dir", "source", "tenants")
     }
     assert section_fields == set(table)
     for name, section in table.items():
@@ -92,3 +95,22 @@ def test_example_holds_no_secret_keys(example: Path) -> None:
     keys = _example_keys(example)
     assert keys
     assert not [k for k in keys if "password" in k or "passphrase" in k or "secret" in k]
+
+
+def test_example_tenant_table_loads_as_documented(tmp_path: Path) -> None:
+    """The commented [tenants.<name>] example in the gateway example is a valid tenant table."""
+    from gateway import config as gateway_config
+    from gateway.routes import RouteKind, TenantSection, parse_route
+
+    text = GATEWAY_EXAMPLE.read_text(encoding="utf-8")
+    start = text.index("# [tenants.shinjuku]")
+    lines = [line[2:] for line in text[start:].splitlines() if line.startswith("# ")]
+    toml = "\n".join(line for line in lines if not line.startswith("#"))
+    path = tmp_path / "gateway.toml"
+    path.write_text(toml.replace("AAAA…", "AAAA"), encoding="utf-8")
+    loaded = gateway_config.load(str(path))
+    section = loaded.tenants["shinjuku"]
+    assert parse_route(section.forward).kind is RouteKind.SFTP
+    assert {f.name for f in dataclasses.fields(TenantSection)} <= set(
+        line.split(" = ")[0] for line in lines if " = " in line
+    )
