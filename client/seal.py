@@ -8,8 +8,11 @@ password notice is rendered, and only then is the envelope renamed to
 
 import hashlib
 import os
+import queue
 import stat
 import tarfile
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,7 +108,7 @@ def _describe(path: Path, name: str, encoding: str, progress: Progress | None) -
         if head.lstrip().startswith(_AGE_MAGIC):
             raise UsageError(f"{path}: already an age file", hint="seal the original print data")
         handle.seek(0)
-        digest = hashlib.sha256()
+        digest = _BackgroundDigest()
         size = 0
 
         def take(block: bytes) -> None:
@@ -284,18 +287,54 @@ def _member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+class _BackgroundDigest:
+    """SHA-256 computed on a second thread, so hashing overlaps encryption and I/O.
+
+    hashlib releases the GIL while it hashes, so on two cores the three hashes
+    ``seal`` needs cost little wall time. Blocks are queued as immutable bytes.
+    """
+
+    _DONE = b""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="seal-sha256", daemon=True)
+        self._thread.start()
+        self._hex: str | None = None
+        # An abandoned digest (a failed seal) still ends its thread.
+        weakref.finalize(self, self._queue.put, self._DONE)
+
+    def _run(self) -> None:
+        while block := self._queue.get():
+            self._digest.update(block)
+
+    def update(self, block: bytes) -> None:
+        """Queue ``block`` (empty blocks are ignored)."""
+        if block:
+            self._queue.put(block)
+
+    def hexdigest(self) -> str:
+        """Wait for the queued blocks and return the hex digest."""
+        if self._hex is None:
+            self._queue.put(self._DONE)
+            self._thread.join()
+            self._hex = self._digest.hexdigest()
+        return self._hex
+
+
 class _HashingSink:
     """Passes writes to the envelope file while hashing and counting them."""
 
     def __init__(self, sink: BinaryIO) -> None:
         self._sink = sink
-        self._digest = hashlib.sha256()
+        self._digest = _BackgroundDigest()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         written = self._sink.write(data)
         count = len(data) if written is None else written
-        self._digest.update(memoryview(data)[:count])
+        self._digest.update(bytes(memoryview(data)[:count]))  # the caller reuses its buffer
         self.size += count
         return count
 
@@ -327,7 +366,7 @@ class _CheckedReader:
     def __init__(self, handle: BinaryIO, entry: FileEntry, progress: Progress | None) -> None:
         self._handle = handle
         self._entry = entry
-        self._digest = hashlib.sha256()
+        self._digest = _BackgroundDigest()
         self._size = 0
         self._progress = progress
 
