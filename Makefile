@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: demo test lint typecheck contracts pytest bench clean
+.PHONY: demo test lint typecheck contracts pytest bench bench-forward clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/seal.py
+	$(BIN)/python bench/forward.py
+	$(BIN)/python bench/sftp.py
+
+bench-forward: $(STAMP)
+	$(BIN)/python bench/forward.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

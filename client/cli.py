@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from client import config as config_mod
-from client import identity, sample, seal, send
+from client import dvd_cli, identity, ledger_cli, sample, seal, send, status
 from client.errors import ClientError, UsageError
 from client.ui import progress_bar
 from envelope import EnvelopeError
@@ -58,6 +58,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
     p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
     p.set_defaults(run=_cmd_send)
+
+    p = sub.add_parser("status", help="show the gateway's signed state of the ward's batches")
+    p.add_argument("batch", nargs="?", metavar="BATCH", help="one batch id (default: all)")
+    p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
+    p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
+    p.set_defaults(run=_cmd_status)
+
+    ledger_cli.register(sub)
+    dvd_cli.register(sub)
     return parser
 
 
@@ -113,6 +122,32 @@ def _cmd_send(args: argparse.Namespace) -> int:
         f"{result.size} bytes, SHA-256 {result.sha256}; receipt signed by {result.receipt_signer}",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    gw = cfg.gateway
+    prompt = f"Password for {gw.user}@{gw.host}: "
+    found = status.status(
+        cfg,
+        password=lambda: read_secret(args.password_fd, prompt, option="--password-fd"),
+        key_path=args.key,
+        batch=args.batch,
+    )
+    if sys.stdout.isatty():
+        status.render_table(found)
+    else:
+        for item in found:
+            print(status.json_line(item))
+    invalid = [item.batch_id for item in found if not item.valid]
+    if invalid:
+        _error(
+            f"{len(invalid)} record(s) from the gateway do not verify: {', '.join(invalid)}",
+            "do not rely on these states; tell the contractor (the records are not signed "
+            "by the pinned gateway.receipt_key for these batches)",
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 

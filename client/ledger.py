@@ -65,6 +65,13 @@ LEDGER_RESERVED = RESERVED_FIELDS | SIGNATURE_FIELDS | {FIELD_EVENT}
 EVENT_SEALED = "sealed"
 EVENT_SENT = "sent"
 EVENT_REPAIRED = "repaired"
+EVENT_MEDIA_OUT = "media-out"
+EVENT_NOTICE_OUT = "notice-out"
+EVENT_MEDIA_RETURN = "media-return"
+EVENT_NOTICE_RETURN = "notice-return"
+EVENT_DELIVERY = "delivery"
+EVENT_DVD_CREATED = "dvd-created"
+"""The hand-over events, recorded by ``lgwan-client ledger record`` (rules: client.handover)."""
 EVENT_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 LOCK_TIMEOUT_SECONDS = 30.0

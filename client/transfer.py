@@ -164,6 +164,8 @@ class Session:
                     f"(it offers: {', '.join(exc.allowed_types) or 'nothing'})"
                 ) from None
             except paramiko.AuthenticationException:
+                if not transport.is_active():  # the gateway went away: mapped() says 75
+                    raise EOFError("the connection closed during login") from None
                 raise ClientError(
                     f"login refused for {user!r}: wrong password, or the account is locked "
                     "or not allowed from this address",
@@ -177,6 +179,8 @@ class Session:
                 try:
                     transport.auth_publickey(user, pkey)
                 except paramiko.AuthenticationException:
+                    if not transport.is_active():
+                        raise EOFError("the connection closed during login") from None
                     raise ClientError(
                         f"login refused for {user!r}: the gateway does not accept the key "
                         f"{fingerprint(key.public_key())}",

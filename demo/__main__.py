@@ -1,72 +1,25 @@
-"""Run the scenario end to end in a fresh temporary directory.
+"""Run the ward → gateway → print-site scenario end to end in a fresh directory.
 
-Every step runs the real console scripts as separate processes; the demo exits
-0 only if every step succeeded, and prints a summary with timings and the paths
-of every generated document so a person can open them. ``--keep`` leaves the
-directory for inspection.
+Every step runs the real console scripts as separate processes on loopback:
+two ``lgwan-gateway init`` roots (the LGWAN-ASP gateway and the print site),
+both serving SFTP; the ward seals 70,000 synthetic records, sends them, and the
+gateway forwards them to the print site over SFTP, where they are opened with
+the passphrase read from the paper notice. A second batch takes the DVD path
+with the hand-over ledger. The demo exits 0 only if every step succeeded,
+stops every process it started, and prints a summary with timings and the
+paths of every generated document. ``--keep`` leaves the directory.
 """
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-PASSPHRASE_RE = re.compile(r"^Passphrase: (\S+)$", re.MULTILINE)
+from demo.scenario import Scenario, free_port, notice_line
 
-
-@dataclass
-class Scenario:
-    """Where the scenario lives and what it has produced so far."""
-
-    root: Path
-    timings: list[tuple[str, float]] = field(default_factory=list)
-    documents: list[Path] = field(default_factory=list)
-
-    def run(self, title: str, args: list[str], *, secret: str | None = None) -> str:
-        """Run one step; ``secret`` goes through a pipe whose fd replaces ``{fd}`` in args."""
-        print(f"==> {title}", flush=True)
-        started = time.monotonic()
-        pass_fds: tuple[int, ...] = ()
-        if secret is not None:
-            read_end, write_end = os.pipe()
-            os.write(write_end, secret.encode("utf-8") + b"\n")
-            os.close(write_end)
-            pass_fds = (read_end,)
-            args = [a.replace("{fd}", str(read_end)) for a in args]
-        try:
-            done = subprocess.run(  # noqa: S603 - our own console scripts
-                [str(BIN / args[0]), *args[1:]],
-                cwd=self.root,
-                capture_output=True,
-                pass_fds=pass_fds,
-                check=False,
-            )
-        finally:
-            for fd in pass_fds:
-                os.close(fd)
-        self.timings.append((title, time.monotonic() - started))
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr.decode("utf-8", "replace"))
-            raise SystemExit(f"demo: step failed ({title}): exit {done.returncode}")
-        return done.stdout.decode("utf-8")
-
-
-def _passphrase_from_notice(pdf: Path) -> str:
-    """Read the passphrase from the notice's text layer, as a person would read the paper."""
-    from pypdf import PdfReader
-
-    text = "\n".join(page.extract_text() or "" for page in PdfReader(pdf).pages)
-    found = PASSPHRASE_RE.search(text)
-    if not found:
-        raise SystemExit(f"demo: no 'Passphrase:' line in {pdf}")
-    return found.group(1)
+TENANT = "shinjuku"
 
 
 def main() -> int:
@@ -77,77 +30,199 @@ def main() -> int:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lgwan-demo-"))
     scenario = Scenario(root)
+    ok = False
     try:
-        _ward_to_print_site(scenario, args.records)
+        _set_up_sites(scenario)
+        batch = _ward_sends(scenario, args.records)
+        _print_site_opens(scenario, batch)
+        _dvd_path(scenario)
+        _audit(scenario)
+        ok = True
     finally:
-        _summary(scenario)
+        scenario.stop_all()
+        scenario.summary(ok)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             print("(scenario directory removed; run 'make demo ARGS=--keep' to inspect it)")
     return 0
 
 
-def _ward_to_print_site(s: Scenario, records: int) -> None:
-    """Ward: sample data, seal, notice; print site: open with the passphrase from the notice."""
-    (s.root / "ward").mkdir()
+def _set_up_sites(s: Scenario) -> None:
+    """Both gateway roots, the ward's and the relay's keys, accounts, routes; start serving."""
+    gw_port, ps_port = free_port(), free_port()
+    s.run("gateway: init the LGWAN-ASP gateway", ["lgwan-gateway", "init", "--root", "gateway"])
+    s.run("print site: init the print site", ["lgwan-gateway", "init", "--root", "print-site"])
+    s.set_toml("gateway/gateway.toml", "server", "listen", f"127.0.0.1:{gw_port}")
+    s.set_toml("print-site/gateway.toml", "server", "listen", f"127.0.0.1:{ps_port}")
     s.run(
         "ward: generate the ward's key pair",
         ["lgwan-client", "keygen", "--out", "ward/keys/ward_ed25519"],
     )
-    csv = "ward/kaigo_2026.csv"
     s.run(
-        f"ward: {records:,} synthetic care-insurance notices",
-        ["lgwan-client", "sample", "--records", str(records), "--seed", "1", "--out", csv],
+        "gateway: generate its relay key for forwarding",
+        ["lgwan-client", "keygen", "--out", "gateway/keys/forward_ed25519"],
+    )
+    notice = s.root / "gateway" / "shinjuku-ward.credentials.pdf"
+    s.run(
+        "gateway: add the ward account (password only on the credential notice)",
+        ["lgwan-gateway", "--config", "gateway/gateway.toml", "user", "add", "shinjuku-ward",
+         "--role", "ward", "--tenant", TENANT, "--pubkey", "ward/keys/ward_ed25519.pub",
+         "--allow", "127.0.0.1/32", "--notice-out", str(notice),
+         "--client-config-out", "ward/client.toml"],
+    )  # fmt: skip
+    s.documents.append(notice)
+    s.password = notice_line(notice, "Password")
+    s.append_toml(
+        "ward/client.toml",
+        "\n[ledger]\n# The demo shortens the gap between disc and notice hand-overs.\n"
+        "min_gap_minutes = 2\n",
+    )
+    s.run(
+        "print site: add the relay account (key only, loopback only)",
+        ["lgwan-gateway", "--config", "print-site/gateway.toml", "user", "add", "relay",
+         "--role", "forwarder", "--tenant", TENANT,
+         "--pubkey", "gateway/keys/forward_ed25519.pub", "--allow", "127.0.0.1/32"],
+    )  # fmt: skip
+    spool = (s.root / "print-site" / "spool").absolute()
+    s.append_toml("print-site/gateway.toml", f'\n[tenants.{TENANT}]\nforward = "file://{spool}"\n')
+    host_key = (s.root / "print-site/keys/ssh_host_ed25519_key.pub").read_text().strip()
+    receipt_key = (s.root / "print-site/keys/gateway_signing_ed25519.pub").read_text().strip()
+    s.append_toml(
+        "gateway/gateway.toml",
+        f"\n[tenants.{TENANT}]\n"
+        f'forward = "sftp://relay@127.0.0.1:{ps_port}/inbox"\n'
+        f'forward_key = "keys/forward_ed25519"\n'
+        f'host_key = "{host_key}"\nreceipt_key = "{receipt_key}"\n',
+    )
+    s.serve("print site: serve (SFTP, forwards into its spool)", "print-site/gateway.toml")
+    s.serve("gateway: serve (SFTP drop service + forwarder)", "gateway/gateway.toml")
+
+
+def _ward_sends(s: Scenario, records: int) -> str:
+    """Sample data, seal with a notice, send with the password from the credential notice."""
+    s.run(
+        f"ward: {records:,} synthetic care-insurance notices (CP932 CSV)",
+        ["lgwan-client", "sample", "--records", str(records), "--seed", "1",
+         "--out", "ward/kaigo_2026.csv"],
+    )  # fmt: skip
+    batch = s.run(
+        "ward: seal (age v1, scrypt work factor 18) and print the password notice",
+        ["lgwan-client", "--config", "ward/client.toml", "seal", "ward/kaigo_2026.csv",
+         "--notice-type", "KAIGO"],
+    ).strip()  # fmt: skip
+    s.documents.append(s.root / "ward" / "notices" / f"{batch}.notice.pdf")
+    s.run(
+        "ward: send over SFTP (password + key), verify the signed receipt",
+        ["lgwan-client", "--config", "ward/client.toml", "send", batch, "--password-fd", "{fd}"],
+        secret=s.password,
+    )
+    s.wait_for(
+        "gateway → print site: automatic forwarding over SFTP",
+        s.root / "print-site" / "spool" / f"{batch}.age",
+    )
+    status = s.run(
+        "ward: status (signed by the gateway)",
+        ["lgwan-client", "--config", "ward/client.toml", "status", batch, "--password-fd", "{fd}"],
+        secret=s.password,
+        expect_in="forwarded",
+    )
+    print(f"    {status.strip()}")
+    return batch
+
+
+def _print_site_opens(s: Scenario, batch: str) -> None:
+    """List the spool, open with the passphrase typed from the notice, compare."""
+    listing = s.run(
+        "print site: batches in the spool",
+        ["lgwan-gateway", "--config", "print-site/gateway.toml", "batches"],
+    )
+    print(f"    {listing.strip()[:160]}")
+    secret = notice_line(s.root / "ward" / "notices" / f"{batch}.notice.pdf", "Passphrase")
+    opened = s.run(
+        "print site: open with the passphrase from the paper notice",
+        ["lgwan-gateway", "--config", "print-site/gateway.toml", "open",
+         f"print-site/spool/{batch}.age", "--out", "print-site/work", "--passphrase-fd", "{fd}"],
+        secret=secret,
+    ).strip()  # fmt: skip
+    original = (s.root / "ward" / "kaigo_2026.csv").read_bytes()
+    if (Path(opened) / "kaigo_2026.csv").read_bytes() != original:
+        raise SystemExit("demo: the opened file differs from the sealed one")
+    print(f"    {len(original):,} bytes arrived byte-identical in {opened}")
+
+
+def _dvd_path(s: Scenario) -> None:
+    """A second batch on DVD: image, hand-overs on separate occasions, import, open."""
+    s.run(
+        "ward: 3,000 records for the DVD path",
+        ["lgwan-client", "sample", "--records", "3000", "--seed", "2", "--out", "ward/dvd.csv"],
     )
     batch = s.run(
-        "ward: seal the print data (age v1, scrypt) and print the password notice",
-        [
-            "lgwan-client",
-            "seal",
-            csv,
-            "--notice-type",
-            "KAIGO",
-            "--out-dir",
-            "ward/outbox",
-            "--notice-dir",
-            "ward/notices",
-        ],
-    ).strip()
-    notice = s.root / "ward/notices" / f"{batch}.notice.pdf"
+        "ward: seal the DVD batch",
+        ["lgwan-client", "--config", "ward/client.toml", "seal", "ward/dvd.csv",
+         "--notice-type", "KAIGO"],
+    ).strip()  # fmt: skip
+    notice = s.root / "ward" / "notices" / f"{batch}.notice.pdf"
     s.documents.append(notice)
-    secret = _passphrase_from_notice(notice)
-    # The envelope travels on the data channel; the passphrase on paper.
-    spool = s.root / "print-site/spool"
-    spool.mkdir(parents=True)
-    shutil.copy2(s.root / "ward/outbox" / f"{batch}.age", spool)
-    opened = s.run(
-        "print site: open the batch with the passphrase typed from the notice",
-        [
-            "lgwan-gateway",
-            "open",
-            f"print-site/spool/{batch}.age",
-            "--out",
-            "print-site/work",
-            "--passphrase-fd",
-            "{fd}",
-        ],
-        secret=secret,
-    ).strip()
-    original = (s.root / csv).read_bytes()
-    released = (Path(opened) / "kaigo_2026.csv").read_bytes()
-    if original != released:
-        raise SystemExit("demo: the opened file differs from the sealed one")
-    print(f"    batch {batch}: {len(original):,} bytes round-tripped byte-identical")
+    image = s.root / "ward" / "dvd" / f"{batch}.iso"
+    line = s.run(
+        "ward: DVD image (ISO 9660 + Joliet + UDF), read back and verified",
+        ["lgwan-client", "--config", "ward/client.toml", "dvd", batch, "--out", str(image)],
+    )
+    serial = line.split()[0]
+    now = datetime.now().astimezone().replace(microsecond=0)
+    common = ["lgwan-client", "--config", "ward/client.toml", "ledger", "record"]
+    s.run(
+        "ward ledger: disc handed over by hand from cabinet A",
+        [*common, "media-out", "--batch", batch, "--serial", serial, "--at", now.isoformat(),
+         "--to-org", "株式会社サンプル印刷", "--to-person", "山田 太郎", "--cabinet", "A",
+         "--carrier", "佐藤"],
+    )  # fmt: skip
+    s.run(
+        "ward ledger: the notice on the same occasion is refused",
+        [*common, "notice-out", "--batch", batch, "--method", "hand", "--carrier", "佐藤",
+         "--to-org", "株式会社サンプル印刷", "--to-person", "山田 太郎", "--cabinet", "B"],
+        expect_code=1,
+    )  # fmt: skip
+    later = (now + timedelta(minutes=3)).isoformat()
+    s.run(
+        "ward ledger: the notice by registered mail from cabinet B, on a later occasion",
+        [*common, "notice-out", "--batch", batch, "--method", "registered-mail",
+         "--tracking", "1234-5678-9012", "--at", later, "--to-org", "株式会社サンプル印刷",
+         "--to-person", "山田 太郎", "--cabinet", "B"],
+    )  # fmt: skip
+    report = s.root / "ward" / f"{batch}.kakuninsho.pdf"
+    s.run(
+        "ward ledger: print the 確認書 (hand-over record)",
+        ["lgwan-client", "--config", "ward/client.toml", "ledger", "report", batch,
+         "--out", str(report)],
+    )  # fmt: skip
+    s.documents.append(report)
+    s.run(
+        "print site: dvd-import the disc into the spool",
+        ["lgwan-gateway", "--config", "print-site/gateway.toml", "dvd-import", str(image),
+         "--tenant", TENANT],
+    )  # fmt: skip
+    s.run(
+        "print site: open the DVD batch with the mailed passphrase",
+        ["lgwan-gateway", "--config", "print-site/gateway.toml", "open",
+         f"print-site/spool/{batch}.age", "--out", "print-site/work", "--passphrase-fd", "{fd}"],
+        secret=notice_line(notice, "Passphrase"),
+    )  # fmt: skip
 
 
-def _summary(s: Scenario) -> None:
-    print("\nSummary")
-    for title, seconds in s.timings:
-        print(f"  {seconds:7.2f} s  {title}")
-    print(f"  {sum(t for _, t in s.timings):7.2f} s  total")
-    for doc in s.documents:
-        print(f"  document: {doc}")
-    print(f"  scenario directory: {s.root}")
+def _audit(s: Scenario) -> None:
+    """Every log verifies: both audit logs and the ward's ledger."""
+    s.stop_all()
+    for site in ("gateway", "print-site"):
+        s.run(
+            f"{site}: audit verify",
+            ["lgwan-gateway", "--config", f"{site}/gateway.toml", "audit", "verify"],
+        )
+        s.logs.append(s.root / site / "audit" / "audit.jsonl")
+    s.run(
+        "ward: ledger verify", ["lgwan-client", "--config", "ward/client.toml", "ledger", "verify"]
+    )
+    s.logs.append(s.root / "ward" / "ledger" / "ledger.jsonl")
 
 
 if __name__ == "__main__":

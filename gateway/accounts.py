@@ -22,6 +22,12 @@ causes a lock); every refusal counts towards the source throttle, and each
 waits ``failure_delay_ms`` before returning. Allow lists hold networks in
 strict CIDR form: ``10.0.0.0/24`` or a single address; ``10.0.0.5/24`` (host
 bits set) is refused as a probable typo.
+
+A ``forwarder`` account (another gateway delivering batches to this print site)
+has no password: it logs in with its key alone, in one step
+(:meth:`Accounts.check_key_login`), and only from its allow list, which must not
+be empty. Its password step always refuses (``key_only``, not counted towards a
+lockout, so nobody can lock a forwarder out by guessing).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from custody.errors import KeyFormatError
 from gateway.config import AuthSection
 from gateway.errors import GatewayError
 from gateway.state import (
+    ROLE_FORWARDER,
     ROLES,
     Account,
     StateStore,
@@ -75,6 +82,12 @@ REASON_LOCKED = "locked"
 REASON_ADMIN_LOCKED = "admin_locked"
 REASON_SOURCE_REFUSED = "source_refused"
 REASON_THROTTLED = "throttled"
+REASON_KEY_ONLY = "key_only"
+REASON_NOT_KEY_ONLY = "not_key_only"
+REASON_WRONG_KEY = "wrong_key"
+
+NO_PASSWORD_HASH = "!"  # noqa: S105 -- not a hash: matches no password (as in /etc/shadow)
+"""The stored "hash" of an account without a password (forwarder): no password verifies."""
 
 _STALE_SOURCES = 4096
 """Forget other minutes' source counters once this many addresses are tracked."""
@@ -146,14 +159,37 @@ def check_tenant(tenant: str) -> str:
 
 
 def check_role(role: str) -> str:
-    """Return ``role`` if it is ``ward`` or ``contractor``.
+    """Return ``role`` if it is ``ward``, ``contractor`` or ``forwarder``.
 
     Raises:
         InvalidAccountError: it is not.
     """
     if role not in ROLES:
-        raise InvalidAccountError(f"invalid role {role!r}", hint="use ward or contractor")
+        raise InvalidAccountError(
+            f"invalid role {role!r}", hint="use ward, contractor or forwarder"
+        )
     return role
+
+
+def check_key_only(role: str, allow: tuple[str, ...], password: str | None) -> None:
+    """Check the password/allow-list rules of a role: a forwarder has an allow list, no password.
+
+    Raises:
+        InvalidAccountError: a forwarder without an allow list or with a
+            password; a ward or contractor without a password.
+    """
+    if role == ROLE_FORWARDER:
+        if not allow:
+            raise InvalidAccountError(
+                "a forwarder account needs an allow list",
+                hint="give --allow CIDR with the forwarding gateway's address(es)",
+            )
+        if password is not None:
+            raise InvalidAccountError(
+                "a forwarder account has no password (it logs in with its key only)"
+            )
+    elif password is None:
+        raise InvalidAccountError(f"a {role} account needs a password")
 
 
 def parse_allow(allow: Iterable[str]) -> tuple[str, ...]:
@@ -262,9 +298,12 @@ class Accounts:
         tenant: str,
         public_key_text: str,
         allow: Iterable[str],
-        password: str,
+        password: str | None,
     ) -> Account:
         """Create an account after validating every field.
+
+        ``password`` is None for a ``forwarder`` (key-only, allow list required)
+        and required for the other roles (see :func:`check_key_only`).
 
         Returns:
             The stored account.
@@ -279,7 +318,9 @@ class Accounts:
         check_tenant(tenant)
         line, key_fingerprint = parse_public_key(public_key_text)
         networks = parse_allow(allow)
-        check_password_strength(password)
+        check_key_only(role, networks, password)
+        if password is not None:
+            check_password_strength(password)
         now = self._clock()
         account = Account(
             name=name,
@@ -287,7 +328,7 @@ class Accounts:
             tenant=tenant,
             public_key=line,
             key_fingerprint=key_fingerprint,
-            password_hash=self._hash(password),
+            password_hash=NO_PASSWORD_HASH if password is None else self._hash(password),
             allow_cidrs=networks,
             admin_locked=False,
             locked_until=None,
@@ -328,12 +369,18 @@ class Accounts:
         """Replace the password; also clears a failed-login lockout (not an admin lock).
 
         Raises:
-            InvalidAccountError: the password is too weak.
+            InvalidAccountError: the password is too weak, or the account is a
+                forwarder (which has none).
             UnknownAccountError: no such account.
         """
         check_password_strength(password)
-        if self._store.get_account(name) is None:
+        account = self._store.get_account(name)
+        if account is None:
             raise UnknownAccountError(f"no account {name!r}")
+        if account.role == ROLE_FORWARDER:
+            raise InvalidAccountError(
+                f"{name!r} is a forwarder account: it has no password (key only)"
+            )
         return self._store.update_account(
             name,
             self._clock(),
@@ -366,6 +413,8 @@ class Accounts:
         matched = self._verify(account.password_hash if account else self._dummy_hash, password)
         if account is None:
             decision = AuthDecision(False, REASON_UNKNOWN_USER)
+        elif account.role == ROLE_FORWARDER:
+            decision = AuthDecision(False, REASON_KEY_ONLY)
         elif not _source_allowed(source_ip, account.allow_cidrs):
             decision = AuthDecision(False, REASON_SOURCE_REFUSED)
         elif account.admin_locked:
@@ -381,6 +430,40 @@ class Accounts:
             if account.failed_logins or account.locked_until is not None:
                 self._store.reset_failures(name, now)
             self._rehash_if_needed(account, password, now)
+            return AuthDecision(True, REASON_OK)
+        self._count_source_failure(source_ip, now)
+        return self._refuse(decision)
+
+    def check_key_login(
+        self, name: str, key_fingerprint: str, source_ip: str, now: datetime | None = None
+    ) -> AuthDecision:
+        """The one login step of a key-only (``forwarder``) account from ``source_ip``.
+
+        Refuses, in this order: ``throttled``, ``unknown_user``, ``not_key_only``
+        (a ward or contractor: they log in with the password first),
+        ``source_refused`` (outside the allow list — an empty list refuses too),
+        ``admin_locked``, ``locked``, ``wrong_key``. Refusals count towards the
+        source throttle (never towards a lockout) and wait the failure delay.
+        Runs before the client's signature is verified: an ``ok`` decision means
+        "this key may log in", not "logged in".
+        """
+        now = now or self._clock()
+        if self._throttled(source_ip, now):
+            return self._refuse(AuthDecision(False, REASON_THROTTLED))
+        account = self._store.get_account(name) if NAME_RE.fullmatch(name) else None
+        if account is None:
+            decision = AuthDecision(False, REASON_UNKNOWN_USER)
+        elif account.role != ROLE_FORWARDER:
+            decision = AuthDecision(False, REASON_NOT_KEY_ONLY)
+        elif not account.allow_cidrs or not _source_allowed(source_ip, account.allow_cidrs):
+            decision = AuthDecision(False, REASON_SOURCE_REFUSED)
+        elif account.admin_locked:
+            decision = AuthDecision(False, REASON_ADMIN_LOCKED)
+        elif account.locked_at(now):
+            decision = AuthDecision(False, REASON_LOCKED, account.locked_until)
+        elif not hmac.compare_digest(key_fingerprint.encode(), account.key_fingerprint.encode()):
+            decision = AuthDecision(False, REASON_WRONG_KEY)
+        else:
             return AuthDecision(True, REASON_OK)
         self._count_source_failure(source_ip, now)
         return self._refuse(decision)

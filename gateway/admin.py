@@ -4,18 +4,22 @@
 the parsed arguments, returns an exit status and raises :class:`GatewayError`
 subclasses on failure (``cli.main()`` maps them). Every change is written to
 the audit log with ``actor`` = the operator's OS user; a password never is.
+What ``init`` creates is built by :mod:`gateway.initialise` (re-exported here).
 
 A generated password exists only on the credential notice PDF and as an
 argon2id hash, so ``user add`` / ``user passwd`` without ``--password-fd``
 refuse to run without ``--notice-out``. Output files are written before the
 database changes and removed again if the change fails: an account never
 exists with a password nobody holds.
+
+A ``forwarder`` account (the forwarding gateway at a print site) has no
+password and so no notice: ``user add --role forwarder`` needs ``--allow`` and
+refuses ``--notice-out``, ``--client-config-out`` and ``--password-fd``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pwd
@@ -35,6 +39,7 @@ from gateway import config as config_mod
 from gateway.accounts import (
     Accounts,
     InvalidAccountError,
+    check_key_only,
     check_name,
     check_password_strength,
     check_role,
@@ -48,12 +53,16 @@ from gateway.credentials import (
     ClientConfig,
     CredentialNotice,
     render_credential_notice,
-    toml_value,
     write_client_config,
 )
 from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.initialise import CONFIG_NAME as CONFIG_NAME
+from gateway.initialise import Initialised as Initialised
+from gateway.initialise import init_root as init_root
+from gateway.initialise import render_config_toml as render_config_toml
 from gateway.prompt import read_secret
 from gateway.state import (
+    ROLE_FORWARDER,
     ROLES,
     Account,
     DuplicateAccountError,
@@ -113,18 +122,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 # -- init ---------------------------------------------------------------------------------------
 
 
-CONFIG_NAME = "gateway.toml"
-
-
-@dataclass(frozen=True)
-class Initialised:
-    """What ``init`` created."""
-
-    config_path: Path
-    host_key_fingerprint: str
-    signing_key_fingerprint: str
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     """``init --root DIR``: prints the config path and both key fingerprints."""
     result = init_root(args.root, actor=operator())
@@ -132,146 +129,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"host_key {result.host_key_fingerprint}")
     print(f"signing_key {result.signing_key_fingerprint}")
     return EXIT_OK
-
-
-def init_root(root: Path, *, actor: str) -> Initialised:
-    """Create a gateway under ``root``: config, host and signing keys, state database, directories.
-
-    ``root/gateway.toml`` lists every key at its default, so every path in it is
-    relative to ``root``. Private keys are written 0600 (their directory 0700),
-    public keys beside them as ``.pub``. A ``gateway_initialised`` event opens the
-    new audit log. If anything that ``init`` would create already exists, nothing
-    is changed; if a step fails, everything created so far is removed again.
-
-    Raises:
-        GatewayError: ``root`` is already (partly) initialised, or a file cannot be written.
-    """
-    root = root.absolute()
-    cfg = config_mod.GatewayConfig(base_dir=root)
-    config_path = root / CONFIG_NAME
-    host_key_path = cfg.path(cfg.server.host_key)
-    signing_key_path = cfg.path(cfg.keys.signing_key)
-    database = cfg.path(cfg.state.database)
-    log, checkpoints = cfg.path(cfg.audit.log), cfg.path(cfg.audit.checkpoints)
-    targets = (
-        config_path,
-        host_key_path,
-        _pub(host_key_path),
-        signing_key_path,
-        _pub(signing_key_path),
-        database,
-        log,
-        checkpoints,
-    )
-    for target in targets:
-        if target.exists() or target.is_symlink():
-            raise GatewayError(
-                f"{target} already exists: {root} is already initialised",
-                hint="init never overwrites anything; choose another --root",
-            )
-    created: list[Path] = []
-    try:
-        for directory, mode in (
-            (root, 0o755),
-            (host_key_path.parent, 0o700),
-            (signing_key_path.parent, 0o700),
-            (cfg.path(cfg.storage.root), 0o700),
-            (log.parent, 0o700),
-            (checkpoints.parent, 0o700),
-            (database.parent, 0o755),
-        ):
-            _make_dirs(directory, mode, created)
-        host_key, signing_key = keys.generate_private_key(), keys.generate_private_key()
-        for path, key in ((host_key_path, host_key), (signing_key_path, signing_key)):
-            _write_new(path, keys.private_key_to_openssh(key), 0o600, created)
-            line = keys.public_key_to_openssh(key.public_key(), f"lgwan-gateway {path.name}")
-            _write_new(_pub(path), (line + "\n").encode("ascii"), 0o644, created)
-        fingerprints = [keys.fingerprint(k.public_key()) for k in (host_key, signing_key)]
-        _write_new(config_path, render_config_toml().encode("utf-8"), 0o644, created)
-        created.extend((database, Path(f"{database}-wal"), Path(f"{database}-shm")))
-        StateStore.open(database).close()
-        created.extend((log, checkpoints))
-        audit = AuditLog.open(
-            log,
-            checkpoints,
-            signing_key,
-            every_records=cfg.audit.checkpoint_every_records,
-            every_seconds=cfg.audit.checkpoint_every_seconds,
-            timer=False,  # a short-lived command: close() writes the checkpoint
-        )
-        try:
-            audit.emit(
-                "gateway_initialised",
-                actor=actor,
-                root=str(root),
-                host_key_fingerprint=fingerprints[0],
-                signing_key_fingerprint=fingerprints[1],
-            )
-        finally:
-            audit.close()
-    except BaseException:
-        _remove(created)
-        raise
-    return Initialised(config_path, fingerprints[0], fingerprints[1])
-
-
-def render_config_toml() -> str:
-    """``gateway.toml`` with every section and key of :class:`GatewayConfig` at its default."""
-    lines = [
-        "# lgwan-gateway configuration, written by `lgwan-gateway init`: every key at its default.",
-        "# config/gateway.example.toml explains each key. Relative paths resolve against the",
-        "# directory holding this file. This file never holds a secret.",
-    ]
-    defaults = config_mod.GatewayConfig()
-    for section_field in dataclasses.fields(defaults):
-        section = getattr(defaults, section_field.name)
-        if not dataclasses.is_dataclass(section):
-            continue  # base_dir, source: not configuration keys
-        doc = (type(section).__doc__ or "").strip().splitlines()
-        lines += ["", f"[{section_field.name}]"]
-        if doc:
-            lines.append(f"# {doc[0]}")
-        for key in dataclasses.fields(section):
-            lines.append(f"{key.name} = {toml_value(getattr(section, key.name))}")
-    return "\n".join(lines) + "\n"
-
-
-def _pub(private: Path) -> Path:
-    return private.with_name(private.name + ".pub")
-
-
-def _make_dirs(directory: Path, mode: int, created: list[Path]) -> None:
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        path.mkdir(mode=mode)
-        created.append(path)
-
-
-def _write_new(path: Path, data: bytes, mode: int, created: list[Path]) -> None:
-    """Write a file that must not exist yet, with ``mode``, durably."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    created.append(path)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), mode)
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _remove(created: list[Path]) -> None:
-    """Undo a failed init: files first, then the directories it made (newest first)."""
-    for path in reversed(created):
-        try:
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-            else:
-                path.unlink(missing_ok=True)
-        except OSError:
-            continue
 
 
 # -- user ---------------------------------------------------------------------------------------
@@ -316,15 +173,20 @@ def _session(args: argparse.Namespace) -> Iterator[_Session]:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     """``user add``: validate, write the notice and client config, then create the account."""
-    _need_notice(args)
+    key_only = args.role == ROLE_FORWARDER
+    if key_only:
+        _refuse_password_options(args)
+    else:
+        _need_notice(args)
     check_name(args.name)
     check_role(args.role)
     check_tenant(args.tenant)
     allow = parse_allow(args.allow)
+    check_key_only(args.role, allow, None if key_only else "")
     line, key_fingerprint = parse_public_key(_read_pubkey(args.pubkey))
     outputs = [p for p in (args.notice_out, args.client_config_out) if p is not None]
     _refuse_existing(outputs)
-    password = _password(args)
+    password = None if key_only else _password(args)
     with _session(args) as s:
         if s.store.get_account(args.name) is not None:
             raise DuplicateAccountError(f"account {args.name!r} already exists")
@@ -335,7 +197,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
                 hint="each account needs its own key pair (lgwan-client keygen)",
             )
         with _undo_on_failure(outputs):
-            if args.notice_out is not None:
+            if args.notice_out is not None and password is not None:
                 _write_notice(s, args.notice_out, args.name, args.tenant, args.role, password)
             if args.client_config_out is not None:
                 client = _client_config(s, args.name, args.tenant, args.client_key)
@@ -347,7 +209,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
             role=account.role,
             key_fingerprint=account.key_fingerprint,
             allow=list(account.allow_cidrs),
-            generated=args.password_fd is None,
+            generated=password is not None and args.password_fd is None,
         )
     for path in outputs:
         print(path)
@@ -403,6 +265,11 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
         current = s.store.get_account(args.name)
         if current is None:
             raise GatewayError(f"no account {args.name!r}", hint="see 'lgwan-gateway user list'")
+        if current.role == ROLE_FORWARDER:
+            raise InvalidAccountError(
+                f"{current.name!r} is a forwarder account: it has no password (key only)",
+                hint="to change its key, remove the account and add it again",
+            )
         with _undo_on_failure(outputs):
             if args.notice_out is not None:
                 _write_notice(
@@ -427,6 +294,24 @@ def operator() -> str:
         name = f"uid:{os.getuid()}"
     sudo = os.environ.get("SUDO_USER")
     return f"{name} (sudo by {sudo})" if sudo and os.getuid() == 0 else name
+
+
+def _refuse_password_options(args: argparse.Namespace) -> None:
+    """A forwarder account has no password: refuse the options that would give it one."""
+    given = [
+        option
+        for option, value in (
+            ("--notice-out", args.notice_out),
+            ("--client-config-out", args.client_config_out),
+            ("--password-fd", args.password_fd),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"a forwarder account has no password: {', '.join(given)} does not apply",
+            hint="give --pubkey (the forwarding gateway's forward_key .pub) and --allow CIDR",
+        )
 
 
 def _need_notice(args: argparse.Namespace) -> None:

@@ -8,7 +8,9 @@ are no global singletons.
 Completed uploads reach the forwarding pipeline through one interface,
 :class:`BatchQueue`. The durable queue is the ``batches`` table (a batch is
 RECEIVED there before anyone is notified); ``notify`` only wakes a consumer, so
-a lost notification delays a batch but never loses it.
+a lost notification delays a batch but never loses it. The consumer is the
+:class:`~gateway.forwarder.Forwarder` built here (``serve`` starts and stops
+its thread, with the :class:`~gateway.watcher.Watcher`).
 """
 
 import threading
@@ -27,8 +29,10 @@ from gateway.accounts import Accounts
 from gateway.audit import AuditLog
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.forwarder import Forwarder
 from gateway.receipts import Completer
 from gateway.state import StateError, StateStore
+from gateway.status import StatusWriter
 from gateway.storage import Limits, Storage, StorageError
 
 INIT_HINT = "run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml"
@@ -41,11 +45,22 @@ class BatchQueue(Protocol):
         """Batch ``batch_id`` is RECEIVED in the state database (wake the forwarder)."""
 
 
+class _Both:
+    """Announces to a caller's queue and to the forwarder."""
+
+    def __init__(self, first: BatchQueue, second: BatchQueue) -> None:
+        self._queues = (first, second)
+
+    def notify(self, batch_id: str) -> None:
+        for queue in self._queues:
+            queue.notify(batch_id)
+
+
 class EventBatchQueue:
     """The default :class:`BatchQueue`: an in-process notifier backed by a threading.Event.
 
-    The consumer (the forwarder of the next issue) calls :meth:`wait` and then
-    reads the batches table; the ids returned are a hint, not the queue.
+    The consumer (the forwarder) calls :meth:`wait` and then reads the batches
+    table; the ids returned are a hint, not the queue.
     """
 
     def __init__(self) -> None:
@@ -82,6 +97,8 @@ class Gateway:
     host_key: Ed25519PrivateKey = field(repr=False)
     queue: BatchQueue
     completer: Completer
+    status: StatusWriter
+    forwarder: Forwarder
     _closers: ExitStack
 
     def close(self) -> None:
@@ -103,14 +120,17 @@ def build(
 
     Args:
         config: The loaded configuration.
-        queue: Where received batches are announced; an EventBatchQueue if None.
+        queue: Where received batches are announced; an EventBatchQueue if
+            None. The forwarder waits on it (or, for a queue without ``wait``,
+            on its own EventBatchQueue that is notified too).
         clock: Current timezone-aware time (tests may pin it).
 
     Returns:
         The wired gateway. On failure, whatever was opened is closed again.
 
     Raises:
-        ConfigError: a key is missing, unreadable or not an Ed25519 private key.
+        ConfigError: a key is missing, unreadable or not an Ed25519 private key;
+            a tenant's destination cannot be set up (sftp:// keys).
         GatewayError: the state database, audit log or storage cannot be opened.
     """
     host_key = load_key(config, "server.host_key", config.server.host_key)
@@ -144,8 +164,13 @@ def build(
         except StorageError as exc:
             raise GatewayError(f"storage {config.path(config.storage.root)}: {exc}") from None
         stack.callback(storage.close)
+        status = StatusWriter(storage, store, signing_key)
         queue = queue if queue is not None else EventBatchQueue()
-        completer = Completer(storage, store, signing_key, audit, queue, clock)
+        wakeup = queue if isinstance(queue, EventBatchQueue) else EventBatchQueue()
+        forwarder = Forwarder(config, store, storage, audit, status, wakeup, clock=clock)
+        stack.callback(forwarder.stop)
+        announce = queue if wakeup is queue else _Both(queue, wakeup)
+        completer = Completer(storage, store, signing_key, audit, announce, clock)
         gateway = Gateway(
             config=config,
             store=store,
@@ -156,6 +181,8 @@ def build(
             host_key=host_key,
             queue=queue,
             completer=completer,
+            status=status,
+            forwarder=forwarder,
             _closers=stack.pop_all(),
         )
     return gateway

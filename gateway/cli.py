@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from envelope import EnvelopeError, PassphraseError, passphrase
-from gateway import admin, audit_cli, serve_cli
+from gateway import admin, audit_cli, printsite_cli, pull_cli, serve_cli
 from gateway import config as config_mod
 from gateway.errors import GatewayError, UsageError
 from gateway.opener import open_batch
@@ -41,6 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     audit_cli.register(sub)
     serve_cli.register(sub)
+    printsite_cli.register(sub)
+    pull_cli.register(sub)
     return parser
 
 

@@ -8,8 +8,13 @@ Client paths ("virtual paths") arrive from outside and are hostile until
     /AREA/NAME             a file in it, NAME matching the area's pattern
 
 A ward account sees ``/inbox`` (``<batch>.age.part`` uploads, ``<batch>.age``
-completed ones) and ``/receipts`` (``<batch>.receipt.json``); a contractor
-account sees ``/outbox`` (``<batch>.age``). Nothing else exists for them.
+completed ones) and ``/receipts`` (``<batch>.receipt.json`` and the signed
+status record ``<batch>.status.json``), read-only there; a forwarder
+account (another gateway delivering to this print site) sees exactly what a
+ward sees and may do the same. A contractor account sees ``/outbox``
+(``<batch>.age`` and its ``<batch>.receipt.json``): it may read both, and
+removing ``<batch>.age`` is its confirmation that the batch was pulled and
+verified (:func:`check_pull_confirmation`). Nothing else exists for them.
 
 Refusals carry a short ``reason`` (snake_case) for the audit log. This module
 does no I/O: it never sees a disk path (see :mod:`gateway.storage`).
@@ -24,11 +29,15 @@ from gateway.errors import GatewayError
 
 ROLE_WARD = "ward"
 ROLE_CONTRACTOR = "contractor"
-ROLES = (ROLE_WARD, ROLE_CONTRACTOR)
+ROLE_FORWARDER = "forwarder"
+ROLES = (ROLE_WARD, ROLE_CONTRACTOR, ROLE_FORWARDER)
+UPLOADER_ROLES = (ROLE_WARD, ROLE_FORWARDER)
+"""Roles that upload into /inbox and read /receipts."""
 
 AGE_SUFFIX = ".age"
 PART_SUFFIX = ".age.part"
 RECEIPT_SUFFIX = ".receipt.json"
+STATUS_SUFFIX = ".status.json"
 
 MAX_PATH_BYTES = 1024
 """Longest virtual path accepted, in UTF-8 bytes."""
@@ -56,21 +65,25 @@ class NameKind(enum.Enum):
     """``<batch>.age``: a completed upload (or a forwarded batch in /outbox)."""
     RECEIPT = "receipt"
     """``<batch>.receipt.json``: the gateway's signed receipt."""
+    STATUS = "status"
+    """``<batch>.status.json``: the gateway's signed statement of the batch's latest state."""
 
 
 AREAS_BY_ROLE: dict[str, tuple[Area, ...]] = {
     ROLE_WARD: (Area.INBOX, Area.RECEIPTS),
     ROLE_CONTRACTOR: (Area.OUTBOX,),
+    ROLE_FORWARDER: (Area.INBOX, Area.RECEIPTS),
 }
 NAME_KINDS_BY_AREA: dict[Area, tuple[NameKind, ...]] = {
     Area.INBOX: (NameKind.PART, NameKind.COMPLETE),
-    Area.RECEIPTS: (NameKind.RECEIPT,),
-    Area.OUTBOX: (NameKind.COMPLETE,),
+    Area.RECEIPTS: (NameKind.RECEIPT, NameKind.STATUS),
+    Area.OUTBOX: (NameKind.COMPLETE, NameKind.RECEIPT),
 }
 _SUFFIX_OF_KIND = {
     NameKind.PART: PART_SUFFIX,
     NameKind.COMPLETE: AGE_SUFFIX,
     NameKind.RECEIPT: RECEIPT_SUFFIX,
+    NameKind.STATUS: STATUS_SUFFIX,
 }
 
 
@@ -85,11 +98,16 @@ class Op(enum.Enum):
     SETSTAT = "setstat"
 
 
+_UPLOADER_PERMISSIONS: dict[tuple[Area, NameKind], frozenset[Op]] = {
+    (Area.INBOX, NameKind.PART): frozenset({Op.STAT, Op.WRITE, Op.REMOVE, Op.SETSTAT}),
+    (Area.INBOX, NameKind.COMPLETE): frozenset({Op.STAT}),
+    (Area.RECEIPTS, NameKind.RECEIPT): frozenset({Op.STAT, Op.READ}),
+    (Area.RECEIPTS, NameKind.STATUS): frozenset({Op.STAT, Op.READ}),
+}
 _FILE_PERMISSIONS: dict[tuple[str, Area, NameKind], frozenset[Op]] = {
-    (ROLE_WARD, Area.INBOX, NameKind.PART): frozenset({Op.STAT, Op.WRITE, Op.REMOVE, Op.SETSTAT}),
-    (ROLE_WARD, Area.INBOX, NameKind.COMPLETE): frozenset({Op.STAT}),
-    (ROLE_WARD, Area.RECEIPTS, NameKind.RECEIPT): frozenset({Op.STAT, Op.READ}),
-    (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.COMPLETE): frozenset({Op.STAT, Op.READ}),
+    **{(role, *key): ops for role in UPLOADER_ROLES for key, ops in _UPLOADER_PERMISSIONS.items()},
+    (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.COMPLETE): frozenset({Op.STAT, Op.READ, Op.REMOVE}),
+    (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.RECEIPT): frozenset({Op.STAT, Op.READ}),
 }
 _DIRECTORY_OPS = frozenset({Op.LIST, Op.STAT})
 
@@ -146,7 +164,7 @@ ROOT = VirtualPath()
 
 def name_kind(name: str) -> NameKind | None:
     """Classify a file name by its pattern; None when it matches none."""
-    for kind in (NameKind.PART, NameKind.RECEIPT, NameKind.COMPLETE):
+    for kind in (NameKind.PART, NameKind.RECEIPT, NameKind.STATUS, NameKind.COMPLETE):
         suffix = _SUFFIX_OF_KIND[kind]
         if name.endswith(suffix) and BATCH_ID_RE.fullmatch(name[: -len(suffix)]):
             return kind
@@ -248,13 +266,13 @@ def check(role: str, op: Op, path: VirtualPath) -> None:
 def check_completion(role: str, source: VirtualPath, target: VirtualPath) -> str:
     """Accept a rename only as the completion of an upload; return its batch id.
 
-    The one rename a ward may do is ``/inbox/X.age.part`` → ``/inbox/X.age``.
+    The one rename a ward (or forwarder) may do is ``/inbox/X.age.part`` → ``/inbox/X.age``.
 
     Raises:
         PolicyError: any other rename (reason ``not_permitted``).
     """
     if (
-        role == ROLE_WARD
+        role in UPLOADER_ROLES
         and source.area is Area.INBOX
         and target.area is Area.INBOX
         and source.kind is NameKind.PART
@@ -266,6 +284,18 @@ def check_completion(role: str, source: VirtualPath, target: VirtualPath) -> str
     raise PolicyError(
         "not_permitted", "the only rename allowed is /inbox/<batch>.age.part to /inbox/<batch>.age"
     )
+
+
+def check_pull_confirmation(role: str, path: VirtualPath) -> str | None:
+    """Whether removing ``path`` is a contractor's pull confirmation; its batch id if so.
+
+    Returns:
+        The batch id for a contractor removing ``/outbox/<batch>.age``; None for
+        any other removal (judged by :func:`check` as usual).
+    """
+    if role == ROLE_CONTRACTOR and path.area is Area.OUTBOX and path.kind is NameKind.COMPLETE:
+        return path.batch_id
+    return None
 
 
 def visible(area: Area, name: str) -> bool:

@@ -1,11 +1,13 @@
-"""``lgwan-gateway serve [--listen HOST:PORT]``: run the SFTP drop service in the foreground.
+"""``lgwan-gateway serve [--listen HOST:PORT]``: the drop service and the forwarder, foreground.
 
 Prints exactly one line, ``listening on HOST:PORT`` (the real bound port, so
 ``--listen 127.0.0.1:0`` tells the caller which port it got), on stderr; every
-other fact goes to the audit log. SIGTERM and SIGINT stop it cleanly: the
-listener and every connection are closed, open uploads stay ``.part``,
-``server_stopped`` is audited, the audit log gets its final checkpoint, and the
-exit status is 0.
+other fact goes to the audit log. Beside the drop service it runs the
+forwarder (:mod:`gateway.forwarder`) and the file watcher (:mod:`gateway.watcher`).
+SIGTERM and SIGINT stop it cleanly: the listener and every connection are
+closed, open uploads stay ``.part``, a delivery in progress is interrupted
+(retried at the next start), ``server_stopped`` is audited, the audit log gets
+its final checkpoint, and the exit status is 0.
 """
 
 import argparse
@@ -18,13 +20,16 @@ from gateway import app
 from gateway import config as config_mod
 from gateway.errors import GatewayError, UsageError
 from gateway.server import DropServer
+from gateway.watcher import Watcher
 
 EXIT_OK = 0
 
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``serve`` to the top-level subcommands."""
-    p = sub.add_parser("serve", help="run the SFTP drop service (foreground; SIGTERM stops it)")
+    p = sub.add_parser(
+        "serve", help="run the SFTP drop service and the forwarder (foreground; SIGTERM stops it)"
+    )
     p.add_argument(
         "--listen", metavar="HOST:PORT", help="address to listen on (default: [server] listen)"
     )
@@ -40,7 +45,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen: {exc}", hint="give HOST:PORT, e.g. 127.0.0.1:2222") from None
     gateway = app.build(cfg)
     try:
-        server = DropServer(gateway, host, port)
+        forwarder = gateway.forwarder
+        watcher = Watcher(cfg.path(cfg.storage.root), forwarder.notify, gateway.audit)
+        server = DropServer(
+            gateway,
+            host,
+            port,
+            services=(forwarder, watcher),
+            on_pulled=forwarder.confirm_pulled,
+        )
         try:
             bound_host, bound_port = server.bind()
         except OSError as exc:

@@ -26,10 +26,14 @@ Caps, refused at accept with ``connection_refused``: ``max_connections_per_sourc
 yet logged in, all sources). ``max_sessions_per_account`` (logged-in connections
 per account) is checked at the key step and again when the login is confirmed.
 
+Background services (the forwarder and the file watcher in ``serve``) are
+started by :meth:`DropServer.serve_forever` once the completion recovery has
+run, and stopped by it after the connections are closed, in reverse order.
+
 :meth:`DropServer.stop` (SIGTERM/SIGINT in ``serve``) closes the listener and
 every transport, waits for SFTP threads to close their files (open uploads stay
-``.part``), audits ``server_stopped`` and leaves closing the gateway (final audit
-checkpoint) to the caller.
+``.part``), stops the services, audits ``server_stopped`` and leaves closing
+the gateway (final audit checkpoint) to the caller.
 """
 
 import contextlib
@@ -39,8 +43,9 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import sftp_server
 from gateway.app import Gateway
@@ -51,6 +56,16 @@ TICK_SECONDS = 0.05
 STOP_GRACE_SECONDS = 30.0
 """How long :meth:`DropServer.stop` waits for connection threads to finish."""
 LISTEN_BACKLOG = 128
+
+
+class Service(Protocol):
+    """A background part of the server (the forwarder, the file watcher)."""
+
+    def start(self) -> None:
+        """Start working (returns at once)."""
+
+    def stop(self) -> None:
+        """Stop working and wait for it; idempotent."""
 
 
 @dataclass(eq=False)
@@ -106,9 +121,27 @@ class Connection:
 class DropServer:
     """The SFTP drop service: bind, serve until stopped, stop."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
-        """Prepare to listen on ``host:port`` (port 0 picks a free one)."""
+    def __init__(
+        self,
+        gateway: Gateway,
+        host: str,
+        port: int,
+        *,
+        services: Sequence[Service] = (),
+        on_pulled: sftp_server.PullHook | None = None,
+    ) -> None:
+        """Prepare to listen on ``host:port`` (port 0 picks a free one).
+
+        Args:
+            gateway: The built gateway.
+            host: Address to bind.
+            port: Port to bind (0: any free one).
+            services: Started after start-up recovery, stopped at shutdown.
+            on_pulled: The pull-confirmation hook (the forwarder's); None refuses them.
+        """
         self.gateway = gateway
+        self._services = tuple(services)
+        self._on_pulled = on_pulled
         self._address = (host, port)
         self._cfg = gateway.config.server
         self._lock = threading.Lock()
@@ -157,6 +190,8 @@ class DropServer:
             if recovered:
                 self.gateway.audit.emit("server_recovered", files=recovered)
             self._reaper.start()
+            for service in self._services:
+                service.start()
             with selectors.DefaultSelector() as selector:
                 selector.register(listener, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
@@ -192,6 +227,8 @@ class DropServer:
             self._reaper.join(timeout=2 * TICK_SECONDS + 1)
         for conn in connections:
             self._finish(conn)
+        for service in reversed(self._services):
+            service.stop()
         self.gateway.audit.emit("server_stopped", connections_closed=len(connections))
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -216,7 +253,9 @@ class DropServer:
             sock.close()
             return
         try:
-            conn.transport = sftp_server.start_transport(sock, conn, self)
+            conn.transport = sftp_server.start_transport(
+                sock, conn, self, on_pulled=self._on_pulled
+            )
         except Exception as exc:
             self.gateway.audit.emit(
                 "connection_refused", **conn.fields(), reason="transport_failed", error=str(exc)

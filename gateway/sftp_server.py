@@ -15,6 +15,17 @@ that speaks paramiko. Deny by default everywhere:
   paramiko has verified the signature, so it records nothing as logged in:
   :meth:`gateway.server.DropServer.confirm_login` does that once paramiko
   reports the transport authenticated.
+- Login of a ``forwarder`` account (another gateway delivering here), one step:
+  ``get_allowed_auths`` offers it only ``publickey``; the key step answers
+  AUTH_SUCCESSFUL only for its key, from a source in its (non-empty) allow list,
+  while it is not locked (:meth:`gateway.accounts.Accounts.check_key_login`);
+  its password step always refuses (``key_only``). The key step then stands in
+  for the password step in the connection's bookkeeping (``password_user``).
+- Pull confirmation: a contractor removing ``/outbox/<batch>.age`` confirms it
+  has pulled and verified the batch. The ``on_pulled(batch_id, tenant, user)``
+  hook (from the composition root) records that; only after it returns are the
+  outbox's envelope and receipt copy deleted. Without a hook the removal is
+  refused, and a hook that raises refuses it too (the files stay).
 - Channels: only ``session`` channels with the ``sftp`` subsystem; shell, exec,
   pty, X11, agent and port forwarding are refused and audited (``channel_refused``).
 - SFTP: every handler returns a status code, never raises; exceptions become
@@ -31,6 +42,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paramiko
@@ -40,7 +52,7 @@ from paramiko.sftp import CMD_EXTENDED, CMD_NAME, CMD_REALPATH
 from custody import keys
 from gateway import policy
 from gateway.audit import AuditLog
-from gateway.policy import NameKind, Op, PolicyError, VirtualPath
+from gateway.policy import Area, NameKind, Op, PolicyError, VirtualPath
 from gateway.receipts import CompletionError
 from gateway.storage import StorageError, StoredFile, Upload
 
@@ -93,6 +105,15 @@ _PERMISSION = frozenset(
 )
 
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+PullHook = Callable[[str, str, str], None]
+"""``on_pulled(batch_id, tenant, user)``: a contractor confirmed a pull (see the module docstring).
+
+Called before the outbox copy is deleted; it must be idempotent (a confirmation
+may be repeated after a lost answer). Raising :class:`~gateway.policy.PolicyError`
+refuses the confirmation (permission denied); any other exception fails it (the
+contractor retries later). Either way the outbox files stay.
+"""
 
 
 class _Status(int):
@@ -149,8 +170,17 @@ class _Transport(paramiko.Transport):  # type: ignore[misc]  # paramiko is untyp
         self.negotiated_kex = next((n for n, c in self._kex_info.items() if c is engine), None)
 
 
-def start_transport(sock: Any, conn: "Connection", server: "DropServer") -> paramiko.Transport:
-    """Start the SSH server side on an accepted socket (runs in paramiko's thread)."""
+def start_transport(
+    sock: Any, conn: "Connection", server: "DropServer", *, on_pulled: PullHook | None = None
+) -> paramiko.Transport:
+    """Start the SSH server side on an accepted socket (runs in paramiko's thread).
+
+    Args:
+        sock: The accepted socket.
+        conn: Its connection record.
+        server: The drop server.
+        on_pulled: The pull-confirmation hook; None refuses every confirmation.
+    """
     transport = _Transport(sock)
     transport.local_version = SERVER_VERSION
     options = transport.get_security_options()
@@ -166,7 +196,8 @@ def start_transport(sock: Any, conn: "Connection", server: "DropServer") -> para
     transport.add_server_key(server.host_key)
     conn.transport = transport
     # With an event, start_server returns at once; the key exchange runs in paramiko's thread.
-    transport.start_server(event=threading.Event(), server=_Interface(conn, server))
+    interface = _Interface(conn, server, on_pulled=on_pulled)
+    transport.start_server(event=threading.Event(), server=interface)
     return transport
 
 
@@ -207,10 +238,13 @@ def negotiation_failure(conn: "Connection") -> dict[str, object]:
 class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is untyped
     """Login and channel decisions for one connection; every callback fails closed."""
 
-    def __init__(self, conn: "Connection", server: "DropServer") -> None:
+    def __init__(
+        self, conn: "Connection", server: "DropServer", *, on_pulled: PullHook | None = None
+    ) -> None:
         self.conn = conn
         self.server = server
         self.gateway = server.gateway
+        self.on_pulled = on_pulled
 
     def _audit(self, event: str, **fields: object) -> None:
         self.gateway.audit.emit(event, **{**self.conn.fields(), **fields})
@@ -222,7 +256,17 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
     # -- authentication ----------------------------------------------------------------------
 
     def get_allowed_auths(self, username: str) -> str:
-        return "publickey" if self.conn.password_user == username else "password"
+        if self.conn.password_user == username or self._key_only(username):
+            return "publickey"
+        return "password"
+
+    def _key_only(self, username: str) -> bool:
+        """Whether ``username`` is a forwarder account (which logs in by key alone)."""
+        try:
+            account = self.gateway.accounts.get(username)
+        except Exception:
+            return False
+        return account is not None and account.role == policy.ROLE_FORWARDER
 
     def check_auth_none(self, username: str) -> int:
         return AUTH_FAILED
@@ -259,7 +303,14 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
         try:
             self._prologue()
             conn = self.conn
-            if conn.password_user != username or conn.account is None:
+            second_step = (
+                conn.password_user == username
+                and conn.account is not None
+                and conn.account.role != policy.ROLE_FORWARDER
+            )
+            if not second_step:
+                if self._key_only(username):
+                    return self._forwarder_key(username, key)
                 return self._key_refused(username, "password_step_missing")
             if key.get_name() not in HOST_KEY_TYPES:
                 return self._key_refused(username, "key_type")
@@ -275,6 +326,26 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
         except Exception as exc:
             self._fail_closed(exc, "login_failed", user=username, method="publickey")
             return AUTH_FAILED
+
+    def _forwarder_key(self, username: str, key: paramiko.PKey) -> int:
+        """The one login step of a forwarder: its key, from its allow list, not locked."""
+        if key.get_name() not in HOST_KEY_TYPES:
+            return self._key_refused(username, "key_type")
+        offered = _fingerprint(key)
+        decision = self.gateway.accounts.check_key_login(username, offered, self.conn.ip)
+        if not decision.ok:
+            return self._key_refused(username, decision.reason, key_fingerprint=offered)
+        account = self.gateway.accounts.get(username)
+        if account is None or account.role != policy.ROLE_FORWARDER:
+            return self._key_refused(username, "unknown_user")
+        if not self.server.has_room(username):
+            self._audit("connection_refused", user=username, reason="max_sessions_per_account")
+            return AUTH_FAILED
+        with self.conn.lock:
+            self.conn.password_user = username  # the key step is this account's first step
+            self.conn.account = account
+            self.conn.key_fingerprint = offered
+        return AUTH_SUCCESSFUL
 
     def _key_refused(self, username: str, reason: str, **fields: object) -> int:
         with self.conn.lock:
@@ -472,6 +543,7 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
         super().__init__(server, *args, **kwargs)
         self.conn = server.conn
         self.gateway = server.gateway
+        self.on_pulled = server.on_pulled
         account = server.conn.account
         if account is None or not server.conn.logged_in:
             raise PermissionError("SFTP before login")
@@ -608,11 +680,37 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
             policy.check(self.role, Op.REMOVE, vpath)
             if vpath.area is None or vpath.name is None:
                 raise PolicyError("not_permitted", "not a file")
-            self.gateway.storage.remove(self.tenant, vpath.area, vpath.name)
-            self.audit("sftp_removed", path=str(vpath), batch=vpath.batch_id)
+            pulled = policy.check_pull_confirmation(self.role, vpath)
+            if pulled is not None:
+                self._confirm_pull(vpath, pulled)
+            else:
+                self.gateway.storage.remove(self.tenant, vpath.area, vpath.name)
+            self.audit(
+                "sftp_removed", path=str(vpath), batch=vpath.batch_id, confirmation=bool(pulled)
+            )
             return SFTP_OK
         except Exception as exc:
             return self.refuse("remove", path, exc)
+
+    def _confirm_pull(self, vpath: VirtualPath, batch_id: str) -> None:
+        """A contractor's removal of ``/outbox/<batch>.age``: record the pull, then delete.
+
+        Raises:
+            PolicyError: no hook is wired, or the hook refused.
+            StorageError: the envelope is not in the outbox.
+        """
+        hook = self.on_pulled
+        if hook is None:
+            raise PolicyError("not_permitted", "this gateway does not take pull confirmations")
+        storage = self.gateway.storage
+        storage.stat(self.tenant, Area.OUTBOX, vpath.name or "")
+        hook(batch_id, self.tenant, self.user)
+        for kind in (NameKind.COMPLETE, NameKind.RECEIPT):
+            try:
+                storage.remove(self.tenant, Area.OUTBOX, policy.file_name(batch_id, kind))
+            except StorageError as exc:
+                if exc.reason != "not_found":  # already gone: the confirmation stands
+                    raise
 
     def rename(self, oldpath: str, newpath: str) -> int:
         try:
@@ -768,6 +866,7 @@ __all__ = [
     "HOST_KEY_TYPES",
     "KEX",
     "MACS",
+    "PullHook",
     "negotiation_failure",
     "note_negotiated",
     "server_host_key",

@@ -10,11 +10,24 @@ One connection per store, guarded by a :class:`threading.Lock`: the SFTP
 server calls it from many threads. Read-modify-write steps (failed-login
 counting) run in one transaction, so they are atomic across processes too.
 Times are stored as ISO 8601 text with their offset; naive datetimes are refused.
+
+The ``batches`` table is the forwarding pipeline's durable queue: a batch's
+state moves only by :meth:`StateStore.transition` (checked against
+:mod:`gateway.pipeline`), which in the same transaction appends the move to
+``batch_events`` (per-batch ``seq`` 1, 2, …; ``seq`` 1 is RECEIVED, written
+with the batch) and sets the bookkeeping columns (``attempts``,
+``next_attempt_at``, ``cleared_at``). ``batch_incidents`` remembers which
+incidents were raised for a batch, so each is raised once. The batch queries
+live in :mod:`gateway.state_batches` (mixed into :class:`StateStore`); callers
+import everything from here.
+
+Schema history: version 1 (accounts, batches) was created by the drop service;
+version 2 adds the pipeline's columns and tables. :meth:`StateStore.open`
+migrates an older database in one transaction.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import sqlite3
@@ -24,11 +37,42 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
 
-from gateway.errors import GatewayError
+from gateway.pipeline import BatchState
+from gateway.state_batches import (
+    KEEP,
+    BatchEvent,
+    BatchRecord,
+    BatchTables,
+    DuplicateBatchError,
+    StateError,
+    TransitionConflictError,
+    _iso,
+    _Keep,
+    _when,
+)
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "KEEP",
+    "ROLES",
+    "ROLE_CONTRACTOR",
+    "ROLE_FORWARDER",
+    "ROLE_WARD",
+    "SCHEMA_VERSION",
+    "Account",
+    "BatchEvent",
+    "BatchRecord",
+    "BatchState",
+    "DuplicateAccountError",
+    "DuplicateBatchError",
+    "DuplicateKeyError",
+    "StateError",
+    "StateStore",
+    "TransitionConflictError",
+    "UnknownAccountError",
+]
+
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10.0
 """How long a writer waits for another process's transaction before failing."""
 
@@ -36,7 +80,9 @@ ROLE_WARD = "ward"
 """A ward account uploads sealed batches for its tenant."""
 ROLE_CONTRACTOR = "contractor"
 """A contractor account pulls its tenant's forwarded batches."""
-ROLES = (ROLE_WARD, ROLE_CONTRACTOR)
+ROLE_FORWARDER = "forwarder"
+"""A forwarder account (at the print site) receives another gateway's batches: key-only login."""
+ROLES = (ROLE_WARD, ROLE_CONTRACTOR, ROLE_FORWARDER)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -71,24 +117,38 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS batches_by_tenant ON batches (tenant)",
 )
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (  # -> 2: the forwarding pipeline
+        "ALTER TABLE batches ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE batches ADD COLUMN next_attempt_at TEXT",
+        "ALTER TABLE batches ADD COLUMN cleared_at TEXT",
+        "ALTER TABLE batches ADD COLUMN status_seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE batches ADD COLUMN seq INTEGER NOT NULL DEFAULT 1",
+        """CREATE TABLE batch_events (
+            batch_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            at TEXT NOT NULL,
+            reason TEXT,
+            PRIMARY KEY (batch_id, seq)
+        )""",
+        """CREATE TABLE batch_incidents (
+            batch_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            detail TEXT,
+            PRIMARY KEY (batch_id, kind)
+        )""",
+        "INSERT INTO batch_events (batch_id, seq, state, at, reason) "
+        "SELECT batch_id, 1, state, updated_at, reason FROM batches",
+        "CREATE INDEX batches_by_state ON batches (state)",
+    ),
+}
+"""Statements taking a database from version N to N+1."""
 _ACCOUNT_COLUMNS = (
     "name, role, tenant, public_key, key_fingerprint, password_hash, allow_cidrs, "
     "admin_locked, locked_until, failed_logins, created_at, updated_at"
 )
-_BATCH_COLUMNS = (
-    "batch_id, tenant, uploader, file_name, size, sha256, state, received_at, updated_at, reason"
-)
-
-
-class BatchState(enum.Enum):
-    """What is true of a batch at the gateway (the pipeline adds later states)."""
-
-    RECEIVED = "received"
-    """Completely uploaded, hashed and receipted."""
-
-
-class StateError(GatewayError):
-    """The state database refused an operation (exit 1)."""
 
 
 class DuplicateAccountError(StateError):
@@ -101,10 +161,6 @@ class DuplicateKeyError(StateError):
 
 class UnknownAccountError(StateError):
     """No account of that name."""
-
-
-class DuplicateBatchError(StateError):
-    """A batch with that id exists already (in any tenant)."""
 
 
 @dataclass(frozen=True)
@@ -129,32 +185,12 @@ class Account:
         return self.locked_until is not None and now < self.locked_until
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """One batch as the gateway knows it."""
+class StateStore(BatchTables):
+    """Accounts and batches in one database; safe to share between threads.
 
-    batch_id: str
-    tenant: str
-    uploader: str
-    file_name: str
-    size: int
-    sha256: str
-    state: BatchState
-    received_at: datetime
-    updated_at: datetime
-    reason: str | None = None
-
-
-class _Keep(enum.Enum):
-    KEEP = "keep"
-
-
-KEEP: Final = _Keep.KEEP
-"""Sentinel for :meth:`StateStore.update_account`: leave this column as it is."""
-
-
-class StateStore:
-    """Accounts and batches in one database; safe to share between threads."""
+    The batch and pipeline queries (``insert_batch``, ``transition``, …) come
+    from :class:`gateway.state_batches.BatchTables`.
+    """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         """Wrap an open connection; use :meth:`open` instead."""
@@ -218,17 +254,36 @@ class StateStore:
                 raise StateError(f"state database {self.path}: {exc}") from None
 
     def _migrate(self) -> None:
-        with self._tx() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+        """Create the version-1 schema if missing, then apply every later migration.
+
+        One ``BEGIN IMMEDIATE`` transaction: two processes opening an old database
+        at once migrate it once (the second waits, then finds it current).
+        """
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+                    row = ("1",)
+                version = int(row[0]) if str(row[0]).isdigit() else -1
+                if not 1 <= version <= SCHEMA_VERSION:
+                    raise sqlite3.DatabaseError(
+                        f"schema version {row[0]}, expected {SCHEMA_VERSION}"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
                 )
-            elif row[0] != str(SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -385,79 +440,6 @@ class StateStore:
                 (stamp, name),
             )
 
-    # -- batches ----------------------------------------------------------------------------
-
-    def insert_batch(self, batch: BatchRecord) -> None:
-        """Record a new batch.
-
-        Raises:
-            DuplicateBatchError: a batch with this id exists, in any tenant.
-        """
-        with self._tx() as conn:
-            if conn.execute(
-                "SELECT 1 FROM batches WHERE batch_id = ?", (batch.batch_id,)
-            ).fetchone():
-                raise DuplicateBatchError(f"batch {batch.batch_id} already exists")
-            try:
-                conn.execute(
-                    f"INSERT INTO batches ({_BATCH_COLUMNS}) "  # noqa: S608 -- constant columns
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _batch_row(batch),
-                )
-            except sqlite3.IntegrityError:  # lost a race with another process
-                raise DuplicateBatchError(f"batch {batch.batch_id} already exists") from None
-
-    def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """The batch with this id, or None."""
-        with self._tx() as conn:
-            row = conn.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_id = ?",  # noqa: S608
-                (batch_id,),
-            ).fetchone()
-        return _batch(row) if row else None
-
-    def list_batches(self, tenant: str | None = None) -> list[BatchRecord]:
-        """Batches (of one tenant, or all), oldest first."""
-        query = f"SELECT {_BATCH_COLUMNS} FROM batches"  # noqa: S608
-        params: tuple[str, ...] = ()
-        if tenant is not None:
-            query += " WHERE tenant = ?"
-            params = (tenant,)
-        with self._tx() as conn:
-            rows = conn.execute(query + " ORDER BY received_at, batch_id", params).fetchall()
-        return [_batch(row) for row in rows]
-
-    def set_batch_state(
-        self, batch_id: str, state: BatchState, now: datetime, reason: str | None = None
-    ) -> BatchRecord:
-        """Move a batch to ``state`` (with an optional reason).
-
-        Raises:
-            StateError: no such batch.
-        """
-        with self._tx() as conn:
-            cursor = conn.execute(
-                "UPDATE batches SET state = ?, reason = ?, updated_at = ? WHERE batch_id = ?",
-                (state.value, reason, _iso(now), batch_id),
-            )
-            if cursor.rowcount != 1:
-                raise StateError(f"no batch {batch_id}")
-            row = conn.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_id = ?",  # noqa: S608
-                (batch_id,),
-            ).fetchone()
-        return _batch(row)
-
-
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("a timezone-aware datetime is required")
-    return moment.isoformat()
-
-
-def _when(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
 
 def _account_row(account: Account) -> tuple[object, ...]:
     return (
@@ -473,21 +455,6 @@ def _account_row(account: Account) -> tuple[object, ...]:
         account.failed_logins,
         _iso(account.created_at),
         _iso(account.updated_at),
-    )
-
-
-def _batch_row(batch: BatchRecord) -> tuple[object, ...]:
-    return (
-        batch.batch_id,
-        batch.tenant,
-        batch.uploader,
-        batch.file_name,
-        batch.size,
-        batch.sha256,
-        batch.state.value,
-        _iso(batch.received_at),
-        _iso(batch.updated_at),
-        batch.reason,
     )
 
 
@@ -508,20 +475,4 @@ def _account(row: tuple[object, ...]) -> Account:
         failed_logins=int(str(failed)),
         created_at=datetime.fromisoformat(str(created)),
         updated_at=datetime.fromisoformat(str(updated)),
-    )
-
-
-def _batch(row: tuple[object, ...]) -> BatchRecord:
-    (batch_id, tenant, uploader, file_name, size, sha256, state, received, updated, reason) = row
-    return BatchRecord(
-        batch_id=str(batch_id),
-        tenant=str(tenant),
-        uploader=str(uploader),
-        file_name=str(file_name),
-        size=int(str(size)),
-        sha256=str(sha256),
-        state=BatchState(state),
-        received_at=datetime.fromisoformat(str(received)),
-        updated_at=datetime.fromisoformat(str(updated)),
-        reason=None if reason is None else str(reason),
     )

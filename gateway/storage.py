@@ -4,7 +4,8 @@ Layout under the configured root::
 
     tenants/<tenant>/inbox/      uploads: <batch>.age.part, then <batch>.age
     tenants/<tenant>/receipts/   signed receipts: <batch>.receipt.json
-    tenants/<tenant>/outbox/     forwarded batches a contractor may pull
+    tenants/<tenant>/outbox/     forwarded batches a contractor may pull (and remove:
+                                 its confirmation, see gateway.sftp_server)
     quarantine/                  files taken out of a tenant's reach
 
 Every access walks from a directory descriptor opened at start-up, one validated
@@ -220,7 +221,10 @@ class Storage:
         try:
             with os.scandir(adir) as entries:
                 for entry in entries:
-                    info = entry.stat(follow_symlinks=False)
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # removed while listing (the forwarder deletes)
+                        continue
                     if stat.S_ISREG(info.st_mode):
                         found.append(StoredFile(entry.name, info.st_size, info.st_mtime))
         except OSError as exc:
@@ -424,6 +428,37 @@ class Storage:
             except OSError as exc:
                 raise _os_error(exc) from None
             _fsync_dir(adir)
+
+    def move(
+        self, tenant: str, source_area: Area, source: str, target_area: Area, target: str
+    ) -> None:
+        """Move a file from one of the tenant's areas to another, never replacing a file.
+
+        Used to publish a batch into ``/outbox`` (pull mode) without a copy. Any
+        session still writing ``source`` is superseded first.
+
+        Raises:
+            StorageError: ``target`` exists (``exists``), ``source`` is missing
+                or not a regular file.
+        """
+        self._supersede(tenant, source)
+        with (
+            self._area(tenant, source_area) as sdir,
+            self._area(tenant, target_area) as tdir,
+        ):
+            self._stat_in(sdir, source)
+            _check_name(target)
+            try:
+                os.link(source, target, src_dir_fd=sdir, dst_dir_fd=tdir, follow_symlinks=False)
+            except OSError as exc:
+                raise _os_error(exc) from None
+            try:
+                os.unlink(source, dir_fd=sdir)
+            except OSError as exc:
+                raise _os_error(exc) from None
+            _fsync_dir(tdir)
+            _fsync_dir(sdir)
+        self._unreserve(tenant)
 
     def write_file(self, tenant: str, area: Area, name: str, data: bytes) -> None:
         """Write a small file atomically (temporary file, fsync, rename, fsync dir).

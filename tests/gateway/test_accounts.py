@@ -17,15 +17,19 @@ from argon2 import PasswordHasher
 
 from custody import keys
 from gateway.accounts import (
+    NO_PASSWORD_HASH,
     PASSWORD_ALPHABET,
     PASSWORD_BITS,
     REASON_ADMIN_LOCKED,
     REASON_BAD_PASSWORD,
+    REASON_KEY_ONLY,
     REASON_LOCKED,
+    REASON_NOT_KEY_ONLY,
     REASON_OK,
     REASON_SOURCE_REFUSED,
     REASON_THROTTLED,
     REASON_UNKNOWN_USER,
+    REASON_WRONG_KEY,
     Accounts,
     AuthDecision,
     InvalidAccountError,
@@ -350,3 +354,52 @@ def test_concurrent_failures_are_all_counted(store: StateStore) -> None:
     account = store.get_account("ward-a")
     assert account is not None
     assert account.failed_logins == 40
+
+
+# -- forwarder accounts (key only) ----------------------------------------------------------------
+
+FORWARDER_KEY = keys.generate_private_key().public_key()
+FORWARDER_LINE = keys.public_key_to_openssh(FORWARDER_KEY)
+
+
+def test_forwarder_needs_an_allow_list_and_no_password(env: Env) -> None:
+    """A forwarder is refused without an allow list or with a password; its hash matches nothing."""
+    add = env.accounts.add
+    with pytest.raises(InvalidAccountError, match="allow list"):
+        add("relay", "forwarder", "shinjuku", FORWARDER_LINE, [], None)
+    with pytest.raises(InvalidAccountError, match="no password"):
+        add("relay", "forwarder", "shinjuku", FORWARDER_LINE, ["10.0.0.0/8"], PASSWORD)
+    with pytest.raises(InvalidAccountError, match="needs a password"):
+        add("ward-b", "ward", "shinjuku", WARD_LINE, [], None)
+    account = add("relay", "forwarder", "shinjuku", FORWARDER_LINE, ["10.0.0.0/8"], None)
+    assert account.password_hash == NO_PASSWORD_HASH
+    with pytest.raises(InvalidAccountError):
+        env.accounts.passwd("relay", "a-brand-new-password")
+
+
+def test_forwarder_password_step_always_refuses_without_lockout(env: Env) -> None:
+    """Password guesses at a forwarder are refused as key_only and never lock it out."""
+    env.accounts.add("relay", "forwarder", "shinjuku", FORWARDER_LINE, ["10.0.0.0/8"], None)
+    for password in ("!", "", PASSWORD, NO_PASSWORD_HASH, "x" * 20, "y" * 20):
+        assert env.login(password, name="relay").reason == REASON_KEY_ONLY
+    account = env.accounts.get("relay")
+    assert account is not None and (account.failed_logins, account.locked_until) == (0, None)
+
+
+def test_forwarder_key_login_rules(env: Env) -> None:
+    """Key-only login: its key, from its allow list, not locked; a ward cannot log in this way."""
+    env.accounts.add("relay", "forwarder", "shinjuku", FORWARDER_LINE, ["10.0.0.0/8"], None)
+    env.add()
+    good = keys.fingerprint(FORWARDER_KEY)
+
+    def key_login(name: str, fingerprint: str, ip: str = ALLOWED_IP) -> str:
+        return env.accounts.check_key_login(name, fingerprint, ip, env.clock.now).reason
+
+    assert key_login("relay", good) == REASON_OK
+    assert key_login("relay", keys.fingerprint(OTHER_KEY)) == REASON_WRONG_KEY
+    assert key_login("relay", good, ip="192.0.2.1") == REASON_SOURCE_REFUSED
+    assert key_login("ward-a", keys.fingerprint(WARD_KEY)) == REASON_NOT_KEY_ONLY
+    assert key_login("nobody", good) == REASON_UNKNOWN_USER
+    env.accounts.lock("relay")
+    assert key_login("relay", good) == REASON_ADMIN_LOCKED
+    assert env.sleeps  # refusals wait the failure delay

@@ -9,7 +9,7 @@ from gateway.policy import Area, NameKind, Op, PolicyError, VirtualPath
 
 BATCH = "20260715-KAIGO-7F3KQ2"
 RECEIPT = BATCH + ".receipt.json"
-WARD, CONTRACTOR = policy.ROLE_WARD, policy.ROLE_CONTRACTOR
+WARD, CONTRACTOR, FORWARDER = policy.ROLE_WARD, policy.ROLE_CONTRACTOR, policy.ROLE_FORWARDER
 
 HOSTILE = [
     ("../etc/passwd", "dot_dot"),
@@ -88,6 +88,8 @@ def test_unknown_role_sees_nothing() -> None:
         (BATCH + ".age", NameKind.COMPLETE, BATCH),
         (BATCH + ".age.part", NameKind.PART, BATCH),
         (BATCH + ".receipt.json", NameKind.RECEIPT, BATCH),
+        (BATCH + ".status.json", NameKind.STATUS, BATCH),
+        ("." + BATCH + ".status.json.tmp", None, None),
         ("x.age", None, None),
         (BATCH + ".tmp", None, None),
         ("." + BATCH + ".receipt.json.tmp", None, None),
@@ -105,9 +107,14 @@ def test_name_patterns(name: str, kind: NameKind | None, batch: str | None) -> N
         (WARD, "/inbox/" + BATCH + ".age.part", {Op.STAT, Op.WRITE, Op.REMOVE, Op.SETSTAT}),
         (WARD, "/inbox/" + BATCH + ".age", {Op.STAT}),
         (WARD, "/receipts/" + BATCH + ".receipt.json", {Op.STAT, Op.READ}),
+        (WARD, "/receipts/" + BATCH + ".status.json", {Op.STAT, Op.READ}),
         (WARD, "/inbox", {Op.LIST, Op.STAT}),
         (WARD, "/", {Op.LIST, Op.STAT}),
-        (CONTRACTOR, "/outbox/" + BATCH + ".age", {Op.STAT, Op.READ}),
+        (CONTRACTOR, "/outbox/" + BATCH + ".age", {Op.STAT, Op.READ, Op.REMOVE}),
+        (CONTRACTOR, "/outbox/" + RECEIPT, {Op.STAT, Op.READ}),
+        (FORWARDER, "/inbox/" + BATCH + ".age.part", {Op.STAT, Op.WRITE, Op.REMOVE, Op.SETSTAT}),
+        (FORWARDER, "/inbox/" + BATCH + ".age", {Op.STAT}),
+        (FORWARDER, "/receipts/" + RECEIPT, {Op.STAT, Op.READ}),
     ],
 )
 def test_permission_table(role: str, raw: str, allowed: set[Op]) -> None:
@@ -133,6 +140,28 @@ def test_only_completion_renames_are_allowed() -> None:
             policy.check_completion(WARD, source, target)
     with pytest.raises(PolicyError):
         policy.check_completion(CONTRACTOR, part, done)
+
+
+def test_forwarder_sees_what_a_ward_sees() -> None:
+    """A forwarder has /inbox and /receipts only, and completes uploads like a ward."""
+    assert [a.value for a in policy.AREAS_BY_ROLE[FORWARDER]] == ["inbox", "receipts"]
+    with pytest.raises(PolicyError) as refused:
+        policy.parse(FORWARDER, "/outbox/" + BATCH + ".age")
+    assert refused.value.reason == "unknown_area"
+    part = policy.parse(FORWARDER, "/inbox/" + BATCH + ".age.part")
+    done = policy.parse(FORWARDER, "/inbox/" + BATCH + ".age")
+    assert policy.check_completion(FORWARDER, part, done) == BATCH
+
+
+def test_only_a_contractor_removing_an_outbox_envelope_confirms_a_pull() -> None:
+    """Removing /outbox/<batch>.age is a contractor's pull confirmation; nothing else is."""
+    outbox = policy.parse(CONTRACTOR, "/outbox/" + BATCH + ".age")
+    assert policy.check_pull_confirmation(CONTRACTOR, outbox) == BATCH
+    receipt = policy.parse(CONTRACTOR, "/outbox/" + RECEIPT)
+    assert policy.check_pull_confirmation(CONTRACTOR, receipt) is None
+    part = policy.parse(WARD, "/inbox/" + BATCH + ".age.part")
+    assert policy.check_pull_confirmation(WARD, part) is None
+    assert policy.check_pull_confirmation(FORWARDER, part) is None
 
 
 def test_file_name_refuses_non_batch_ids() -> None:

@@ -1,0 +1,309 @@
+"""``lgwan-client status [BATCH]``: what the gateway says became of the ward's batches.
+
+The gateway writes two signed records per batch into the ward's ``/receipts``:
+``<batch>.receipt.json`` (kind ``receipt``) when the upload completed, and
+``<batch>.status.json`` (kind ``status``, body :data:`STATUS_FIELDS`) on every
+later state change (verified, forwarding, forwarded, quarantined …). ``status``
+connects like ``send`` (:mod:`client.transfer`: pinned host key, password then
+key), lists ``/receipts`` (or looks for ``BATCH`` only), reads each batch's
+status record — or its receipt while it has none — and verifies it against the
+pinned ``gateway.receipt_key``.
+
+A record only counts when it verifies **and** speaks about the batch whose name
+it is stored under, for this ward's tenant, signed by the pinned key: a record
+copied from another batch (a replay) is as invalid as a forged one. An invalid
+record is reported as ``signature INVALID (why)`` and its state is never
+shown; one invalid record makes the command fail (exit 1). A batch with a valid
+receipt and no status record yet is ``received`` (at the receipt's time).
+
+:func:`check` is pure (bytes in, :class:`BatchStatus` out); :func:`status` does
+the I/O; :func:`render_table` and :func:`json_line` format for people and tools.
+"""
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+
+from client import ledger, send, transfer
+from client.config import ClientConfig
+from client.errors import ClientError, UsageError
+from custody import (
+    KIND_RECEIPT,
+    KIND_STATUS,
+    CustodyError,
+    fingerprint,
+    loads_record,
+    verify_record,
+)
+from envelope.manifest import BATCH_ID_RE
+
+RECEIPTS = send.RECEIPTS
+RECEIPT_SUFFIX = send.RECEIPT_SUFFIX
+STATUS_SUFFIX = ".status.json"
+MAX_RECORD_BYTES = 64 << 10
+
+STATE_RECEIVED = "received"
+"""The state of a batch with a valid receipt and no status record yet."""
+STATE_RE = re.compile(r"[a-z][a-z_]{0,31}")
+"""Syntax of a state name (the gateway's states are lower-case words)."""
+STATUS_FIELDS = ("batch_id", "tenant", "state", "at", "reason", "seq", "gateway_key")
+"""The body of a status record, exactly these fields."""
+INVALID = "signature INVALID"
+JST = ZoneInfo("Asia/Tokyo")
+
+PasswordSource = Callable[[], str]
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """One batch as the gateway's signed records state it.
+
+    ``problem`` is None when every record read verified; otherwise it says
+    which record failed and why, and ``state``/``at``/``reason`` are None.
+    """
+
+    batch_id: str
+    state: str | None
+    at: datetime | None
+    reason: str | None
+    seq: int | None
+    problem: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True when every record of the batch verified."""
+        return self.problem is None
+
+    @property
+    def error(self) -> str | None:
+        """``signature INVALID (why)`` for an invalid batch, else None."""
+        return None if self.problem is None else f"{INVALID} ({self.problem})"
+
+
+class _RecordError(Exception):
+    """A record that does not verify or does not speak about this batch."""
+
+
+def check(
+    batch: str,
+    receipt: bytes | None,
+    status_record: bytes | None,
+    receipt_key: Ed25519PublicKey,
+    tenant: str,
+) -> BatchStatus:
+    """Verify a batch's receipt and status record (either may be missing) and say its state.
+
+    Args:
+        batch: The batch id the records are stored under.
+        receipt: The bytes of ``<batch>.receipt.json``, None when absent.
+        status_record: The bytes of ``<batch>.status.json``, None when absent.
+        receipt_key: The pinned gateway signing key.
+        tenant: The ward's tenant (``gateway.tenant``).
+
+    Returns:
+        The batch's latest signed state, or an invalid :class:`BatchStatus`
+        whose ``error`` names the failed record (never a state from it).
+    """
+    signer = fingerprint(receipt_key)
+    received_at: datetime | None = None
+    try:
+        if receipt is not None:
+            body = _verified(receipt, KIND_RECEIPT, receipt_key, "receipt")
+            _same(body, batch, tenant, signer, "receipt")
+            received_at = _time(body.get("received_at"), "receipt", "received_at")
+        if status_record is not None:
+            body = _verified(status_record, KIND_STATUS, receipt_key, "status record")
+            _same(body, batch, tenant, signer, "status record")
+            return _from_status(batch, body)
+    except _RecordError as exc:
+        return BatchStatus(batch, None, None, None, None, problem=str(exc))
+    return BatchStatus(batch, STATE_RECEIVED, received_at, None, None)
+
+
+def _verified(data: bytes, kind: str, key: Ed25519PublicKey, what: str) -> dict[str, object]:
+    try:
+        return verify_record(loads_record(data, max_bytes=MAX_RECORD_BYTES), key, kind=kind)
+    except CustodyError as exc:
+        raise _RecordError(f"{what}: {exc}") from None
+
+
+def _same(body: Mapping[str, object], batch: str, tenant: str, signer: str, what: str) -> None:
+    """Refuse a record about another batch or tenant (a replay) or naming another key."""
+    for name, expected in (("batch_id", batch), ("tenant", tenant), ("gateway_key", signer)):
+        if body.get(name) != expected:
+            raise _RecordError(
+                f"{what} names {name} {_short(body.get(name))}, expected {expected!r}"
+                + (" — copied from another batch" if name == "batch_id" else "")
+            )
+
+
+def _from_status(batch: str, body: Mapping[str, object]) -> BatchStatus:
+    if set(body) != set(STATUS_FIELDS):
+        raise _RecordError(
+            f"status record has fields {sorted(body)}, expected {list(STATUS_FIELDS)}"
+        )
+    state, reason, seq = body["state"], body["reason"], body["seq"]
+    if not isinstance(state, str) or not STATE_RE.fullmatch(state):
+        raise _RecordError(f"status record names no valid state: {_short(state)}")
+    if reason is not None and not isinstance(reason, str):
+        raise _RecordError("status record reason is not text")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise _RecordError(f"status record seq is not a count: {_short(seq)}")
+    at = _time(body["at"], "status record", "at")
+    return BatchStatus(batch, state, at, reason, seq)
+
+
+def _time(value: object, what: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _RecordError(f"{what} {name} is not an ISO 8601 time with offset: {_short(value)}")
+    return moment
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def status(
+    config: ClientConfig,
+    *,
+    password: PasswordSource,
+    key_path: Path | None = None,
+    batch: str | None = None,
+) -> list[BatchStatus]:
+    """Fetch and verify the ward's batches' records (or one batch's) from the gateway.
+
+    Raises:
+        UsageError: ``batch`` is not a batch id. ConfigError: gateway settings
+        or key (78). TemporaryError: unreachable or dropped (75).
+        ClientError: refused, or ``batch`` unknown to the gateway (1).
+    """
+    if batch is not None and not BATCH_ID_RE.fullmatch(batch):
+        raise UsageError(
+            f"{batch!r} is not a batch id", hint="e.g. 20260715-KAIGO-7F3KQ2 (as printed by seal)"
+        )
+    endpoint, receipt_key = send.settings(config)
+    setting = "--key" if key_path is not None else "identity.private_key"
+    key = ledger.load_key(key_path or config.path(config.identity.private_key), setting)
+    tenant = config.gateway.tenant
+    with transfer.connect(endpoint, password(), key) as session:
+        stored = {batch: _BOTH} if batch is not None else listing(_names(session))
+        found = []
+        for name, suffixes in sorted(stored.items()):
+            record = receipt = None
+            if STATUS_SUFFIX in suffixes:
+                record = session.read(f"{RECEIPTS}/{name}{STATUS_SUFFIX}", MAX_RECORD_BYTES)
+            if record is None and RECEIPT_SUFFIX in suffixes:  # no state change stated yet
+                receipt = session.read(f"{RECEIPTS}/{name}{RECEIPT_SUFFIX}", MAX_RECORD_BYTES)
+            if receipt is not None or record is not None:
+                found.append(check(name, receipt, record, receipt_key, tenant))
+    if batch is not None and not found:
+        raise ClientError(
+            f"the gateway has no record of batch {batch}",
+            hint="check the batch id; a batch appears here once send has completed",
+        )
+    return found
+
+
+_BOTH = frozenset({STATUS_SUFFIX, RECEIPT_SUFFIX})
+
+
+def _names(session: transfer.Session) -> list[str]:
+    """The file names in ``/receipts``.
+
+    :class:`client.transfer.Session` offers no directory listing, so this uses
+    its SFTP channel under the session's own failure mapping.
+    """
+    with session.mapped(f"listing {RECEIPTS}"):
+        names: list[str] = session._sftp.listdir(RECEIPTS)
+    return names
+
+
+def listing(names: Iterable[str]) -> dict[str, frozenset[str]]:
+    """Batch id → which of its records (receipt, status suffixes) are among ``names``.
+
+    Names that are not ``<batch-id>.receipt.json`` or ``<batch-id>.status.json``
+    are ignored.
+    """
+    found: dict[str, set[str]] = {}
+    for name in names:
+        for suffix in _BOTH:
+            stem = name.removesuffix(suffix)
+            if stem != name and BATCH_ID_RE.fullmatch(stem):
+                found.setdefault(stem, set()).add(suffix)
+    return {batch: frozenset(suffixes) for batch, suffixes in found.items()}
+
+
+def format_time(moment: datetime | None) -> str:
+    """``2026-07-15 10:32:05 JST`` (empty for None)."""
+    return "" if moment is None else f"{moment.astimezone(JST):%Y-%m-%d %H:%M:%S} JST"
+
+
+def as_dict(item: BatchStatus) -> dict[str, object]:
+    """The JSON form: times in JST ISO 8601, ``signature`` ``valid`` or ``invalid``."""
+    return {
+        "batch_id": item.batch_id,
+        "state": item.state,
+        "at": None if item.at is None else item.at.astimezone(JST).isoformat(),
+        "reason": item.reason,
+        "seq": item.seq,
+        "signature": "valid" if item.valid else "invalid",
+        "error": item.error,
+    }
+
+
+def json_line(item: BatchStatus) -> str:
+    """One JSON object per batch, for tools."""
+    return json.dumps(as_dict(item), ensure_ascii=False, separators=(",", ":"))
+
+
+def render_table(items: Iterable[BatchStatus]) -> None:
+    """Print a table for a person (invalid records in red, never with a state)."""
+    console = Console(markup=False, highlight=False, emoji=False)
+    listed = list(items)
+    if not listed:
+        console.print("no batches at the gateway", style="dim")
+        return
+    table = Table(
+        Column("batch", no_wrap=True),
+        Column("state", no_wrap=True),
+        Column("at (JST)", no_wrap=True),
+        Column("reason", overflow="fold"),
+    )
+    for item in listed:
+        if item.valid:
+            state = Text(item.state or "", style=_STYLES.get(item.state or "", ""))
+            table.add_row(item.batch_id, state, format_time(item.at), _display(item.reason))
+        else:
+            invalid = Text(INVALID, style="bold red")
+            table.add_row(item.batch_id, invalid, "", Text(_display(item.problem), style="red"))
+    console.print(table)
+
+
+_STYLES = {
+    "quarantined": "bold red",
+    "failed_retrying": "yellow",
+    "forwarded": "green",
+    "pulled": "green",
+}
+
+
+def _display(value: str | None) -> str:
+    """Text safe for a terminal: control characters shown escaped."""
+    text = value or ""
+    return "".join(
+        f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text
+    )

@@ -1,0 +1,507 @@
+"""The print-site spool: where sealed batches arrive, by LGWAN forwarding or by DVD.
+
+Layout under ``[printsite] spool``, one pair per batch::
+
+    <batch>.age           the envelope, exactly as sealed
+    <batch>.arrival.json  canonical JSON: batch_id, tenant, channel, size, sha256,
+                          arrived_at, source (free detail: receipt fields, disc serials)
+
+Delivery (:meth:`Spool.deliver`) is atomic: the envelope is streamed into
+``.<batch>.age.part`` (locked with ``flock`` so two deliveries of one batch never
+interleave), fsynced and read back to verify its size and SHA-256; then the
+arrival record is written (temporary file, rename) and only then is the
+``.part`` renamed to ``<batch>.age``. So ``<batch>.age`` present means complete,
+with its arrival record beside it. A crash leaves at most a ``.part`` (reused by
+the next delivery of that batch) and perhaps an arrival record without an
+envelope; neither counts as arrived.
+
+Exactly once: delivering a batch already present with the same SHA-256 (and
+tenant) returns the existing arrival; a different SHA-256 or tenant under the
+same batch id is a :class:`SpoolConflictError`, never an overwrite.
+
+Every name read from disk is validated (:func:`envelope.manifest.check_batch_id`)
+before it is used; anything else in the directory is ignored.
+"""
+
+import contextlib
+import enum
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from custody.canonical import canonical_json, parse_json_strict
+from custody.errors import RecordError
+from envelope import ManifestError
+from envelope.manifest import check_batch_id
+from gateway.accounts import TENANT_RE
+from gateway.audit import local_now
+from gateway.errors import GatewayError
+
+AGE_SUFFIX = ".age"
+ARRIVAL_SUFFIX = ".arrival.json"
+PART_SUFFIX = ".part"
+CHANNELS = ("lgwan", "dvd")
+ARRIVAL_KEYS = frozenset(
+    {"batch_id", "tenant", "channel", "size", "sha256", "arrived_at", "source"}
+)
+MAX_ARRIVAL_BYTES = 64 * 1024
+FREE_SPACE_MARGIN = 16 * 1024 * 1024
+_BLOCK = 1 << 20
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_LOCK_ATTEMPTS = 5
+
+Clock = Callable[[], datetime]
+Verifier = Callable[[Path], None]
+
+
+class SpoolError(GatewayError):
+    """The spool cannot take or show a batch (exit 1)."""
+
+
+class SpoolConflictError(SpoolError):
+    """The spool holds a different batch under the same id; nothing was overwritten."""
+
+
+class SpoolBusyError(SpoolError):
+    """Another delivery of the same batch is in progress (exit 75: retry later)."""
+
+    exit_code = 75
+
+
+class Readable(Protocol):
+    """A binary input stream: all :meth:`Spool.deliver` needs from its source."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read up to ``size`` bytes; ``b""`` only at the end."""
+        ...
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A batch present in the spool, as its arrival record describes it."""
+
+    batch_id: str
+    tenant: str
+    channel: str
+    size: int
+    sha256: str
+    arrived_at: datetime
+    path: Path
+    source: dict[str, object] = field(default_factory=dict)
+
+
+class BatchState(enum.Enum):
+    """Where a batch stands at the print site."""
+
+    ARRIVED = "arrived"
+    OPENED = "opened"
+
+
+def batch_state(arrival: Arrival, work_dir: Path) -> BatchState:
+    """Derive a batch's state at the print site (the one place that does).
+
+    ``opened``: ``<work_dir>/<batch>/`` exists (``lgwan-gateway open`` creates it
+    by one rename, only after full verification); otherwise ``arrived``.
+
+    The print-site custody issue adds ``erased`` here (derived from its signed
+    erasure record), so every caller — ``batches`` first — shows it unchanged.
+
+    Args:
+        arrival: the batch in the spool.
+        work_dir: ``[printsite] work_dir``, where batches are opened.
+    """
+    opened = work_dir / arrival.batch_id
+    if opened.is_dir() and not opened.is_symlink():
+        return BatchState.OPENED
+    return BatchState.ARRIVED
+
+
+class Spool:
+    """The spool directory; creates it (0700) on the first delivery."""
+
+    def __init__(self, root: Path, *, clock: Clock = local_now) -> None:
+        """Use ``root`` as the spool.
+
+        Args:
+            root: the spool directory (``[printsite] spool``).
+            clock: returns the current timezone-aware time (the arrival time).
+        """
+        self.root = root.absolute()
+        self._clock = clock
+
+    def path_of(self, batch_id: str) -> Path:
+        """Where ``batch_id``'s envelope is (or would be) in the spool.
+
+        Raises:
+            SpoolError: ``batch_id`` is not a batch id.
+        """
+        return self.root / (_checked_id(batch_id) + AGE_SUFFIX)
+
+    def deliver(
+        self,
+        batch_id: str,
+        source: Readable,
+        *,
+        tenant: str,
+        channel: str,
+        expected_size: int,
+        expected_sha256: str,
+        source_detail: Mapping[str, object],
+        verify: Verifier | None = None,
+    ) -> Arrival:
+        """Stream ``source`` into the spool as ``batch_id``, verified and atomic.
+
+        Args:
+            batch_id: the batch id (validated).
+            source: the envelope's bytes, read to the end (not closed); not read
+                at all when the batch is already present.
+            tenant: the tenant the batch belongs to (``^[a-z][a-z0-9-]{1,31}$``).
+            channel: ``lgwan`` or ``dvd``.
+            expected_size: the envelope's size in bytes.
+            expected_sha256: the envelope's SHA-256, lower-case hex.
+            source_detail: JSON detail of where it came from (receipt fields,
+                disc serials); stored as the arrival record's ``source``.
+            verify: called with the complete, verified ``.part`` before it is
+                published; raising aborts the delivery (the exception propagates).
+
+        Returns:
+            The arrival (the existing one when the same batch was already here).
+
+        Raises:
+            SpoolConflictError: a different batch (SHA-256 or tenant) is present
+                under this id.
+            SpoolBusyError: another delivery of this batch is in progress.
+            SpoolError: bad arguments, not enough free space, the source's size or
+                SHA-256 differs from the expected one, or the spool cannot be written.
+            OSError: an I/O failure. Whatever ``source`` or ``verify`` raise.
+            On any failure nothing new is left under the batch's final name.
+        """
+        detail = _checked_detail(source_detail)
+        _check_fields(batch_id, tenant, channel, expected_size, expected_sha256)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = self._existing(batch_id, expected_sha256, tenant)
+        if existing is not None:
+            return existing
+        part = self.root / f".{batch_id}{AGE_SUFFIX}{PART_SUFFIX}"
+        with _locked_part(part) as fd:
+            try:
+                existing = self._existing(batch_id, expected_sha256, tenant)
+                if existing is not None:  # another delivery finished meanwhile
+                    _unlink_quietly(part)
+                    return existing
+                self._check_free(expected_size)
+                _copy(source, fd, expected_size, expected_sha256)
+                _verify_on_disk(fd, expected_size, expected_sha256)
+                if verify is not None:
+                    verify(part)
+                arrival = Arrival(
+                    batch_id=batch_id,
+                    tenant=tenant,
+                    channel=channel,
+                    size=expected_size,
+                    sha256=expected_sha256,
+                    arrived_at=self._clock(),
+                    path=self.root / (batch_id + AGE_SUFFIX),
+                    source=detail,
+                )
+                self._publish(part, arrival)
+            except BaseException:
+                _unlink_quietly(part)
+                if not os.path.lexists(self.root / (batch_id + AGE_SUFFIX)):
+                    _unlink_quietly(self.root / (batch_id + ARRIVAL_SUFFIX))
+                raise
+        return arrival
+
+    def get(self, batch_id: str) -> Arrival | None:
+        """The arrival of ``batch_id``, or None when its envelope is not (yet) complete.
+
+        Raises:
+            SpoolError: ``batch_id`` is not a batch id, or the spool entry is
+                damaged (not a regular file, arrival record missing or invalid,
+                size differing from the record).
+        """
+        final = self.path_of(batch_id)
+        try:
+            info = os.lstat(final)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            raise SpoolError(f"{final} is not a regular file", hint="move it out of the spool")
+        arrival = _read_arrival(self.root / (batch_id + ARRIVAL_SUFFIX), final)
+        if arrival.size != info.st_size:
+            raise SpoolError(
+                f"{final} has {info.st_size} bytes, its arrival record says {arrival.size}",
+                hint="the envelope was changed after it arrived; move it out of the spool",
+            )
+        return arrival
+
+    def list(self) -> list[Arrival]:
+        """Every complete batch in the spool, oldest arrival first.
+
+        Names that are not ``<batch id>.age`` regular files (``.part`` files,
+        hidden or foreign names, directories, symlinks) are ignored.
+
+        Raises:
+            SpoolError: a batch's entry is damaged (see :meth:`get`).
+            OSError: the spool cannot be read (a missing spool is empty).
+        """
+        try:
+            names = sorted(entry.name for entry in self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        arrivals: list[Arrival] = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(AGE_SUFFIX):
+                continue
+            stem = name[: -len(AGE_SUFFIX)]
+            try:
+                check_batch_id(stem)
+            except ManifestError:
+                continue
+            try:
+                if not stat.S_ISREG(os.lstat(self.root / name).st_mode):
+                    continue
+            except FileNotFoundError:
+                continue
+            arrival = self.get(stem)
+            if arrival is not None:
+                arrivals.append(arrival)
+        arrivals.sort(key=lambda a: (a.arrived_at, a.batch_id))
+        return arrivals
+
+    def _existing(self, batch_id: str, sha256: str, tenant: str) -> Arrival | None:
+        """The present arrival if it is this very batch; raise if it is another."""
+        final = self.root / (batch_id + AGE_SUFFIX)
+        if not os.path.lexists(final):
+            return None
+        try:
+            present = self.get(batch_id)
+        except SpoolError as exc:
+            raise SpoolConflictError(
+                f"{batch_id} is already in the spool but its entry is damaged: {exc}",
+                hint="compare it with the ward's records before moving it out of the spool",
+            ) from None
+        if present is None:
+            return None
+        if present.sha256 != sha256:
+            raise SpoolConflictError(
+                f"{batch_id} is already in the spool with a different SHA-256"
+                f" ({present.sha256[:16]}…, this one {sha256[:16]}…); nothing was overwritten",
+                hint="ask the ward which file is the sealed batch",
+            )
+        if present.tenant != tenant:
+            raise SpoolConflictError(
+                f"{batch_id} is already in the spool for tenant {present.tenant}, not {tenant}",
+                hint="ask the ward which tenant the batch belongs to",
+            )
+        return present
+
+    def _check_free(self, size: int) -> None:
+        try:
+            info = os.statvfs(self.root)
+        except OSError:
+            return  # a share that cannot say: the write itself will fail if it is full
+        free = info.f_bavail * info.f_frsize
+        if free < size + FREE_SPACE_MARGIN:
+            raise SpoolError(
+                f"the spool {self.root} has {free} bytes free; the batch needs {size}",
+                hint="make room in the spool, then run the command again",
+            )
+
+    def _publish(self, part: Path, arrival: Arrival) -> None:
+        """Write the arrival record, then rename the verified .part to its final name."""
+        record = self.root / (arrival.batch_id + ARRIVAL_SUFFIX)
+        temp = self.root / f".{arrival.batch_id}{ARRIVAL_SUFFIX}.tmp"
+        _write_new(temp, canonical_json(_arrival_doc(arrival)) + b"\n")
+        temp.replace(record)
+        final = arrival.path
+        if os.path.lexists(final):  # we hold the batch's lock: only a stranger's file
+            raise SpoolConflictError(f"{final} appeared during the delivery; nothing overwritten")
+        part.rename(final)
+        _fsync_dir(self.root)
+
+
+def _checked_id(batch_id: str) -> str:
+    try:
+        return check_batch_id(batch_id)
+    except ManifestError as exc:
+        raise SpoolError(f"{str(batch_id)[:40]!r}: {exc}") from None
+
+
+def _check_fields(batch_id: str, tenant: str, channel: str, size: int, sha256: str) -> None:
+    _checked_id(batch_id)
+    if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
+        raise SpoolError(f"invalid tenant {str(tenant)[:40]!r}")
+    if channel not in CHANNELS:
+        raise SpoolError(f"unknown channel {str(channel)[:20]!r} (one of {', '.join(CHANNELS)})")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise SpoolError("the expected size must be a non-negative integer")
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+        raise SpoolError("the expected SHA-256 must be 64 lower-case hex digits")
+
+
+def _checked_detail(detail: Mapping[str, object]) -> dict[str, object]:
+    copied = dict(detail)
+    try:
+        canonical_json(copied)
+    except RecordError as exc:
+        raise SpoolError(f"the source detail is not canonical JSON: {exc}") from None
+    return copied
+
+
+@contextlib.contextmanager
+def _locked_part(part: Path) -> Iterator[int]:
+    """Open ``part`` (created 0600), hold an exclusive flock on it, truncate it.
+
+    The lock is taken on the inode still named ``part`` (a delivery that just
+    renamed it away would otherwise hand over the finished envelope).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(_LOCK_ATTEMPTS):
+        fd = os.open(part, flags, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SpoolBusyError(
+                    f"another delivery of {part.name[1 : -len(PART_SUFFIX)]} is in progress",
+                    hint="wait for it to finish, then run the command again",
+                ) from None
+            mine = os.fstat(fd)
+            try:
+                named = os.lstat(part)
+            except FileNotFoundError:
+                continue
+            if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+                continue
+            if not stat.S_ISREG(mine.st_mode):
+                raise SpoolError(f"{part} is not a regular file")
+            os.ftruncate(fd, 0)
+            yield fd
+            return
+        finally:
+            os.close(fd)
+    raise SpoolBusyError(f"{part}: the delivery lock keeps changing hands; try again")
+
+
+def _copy(source: Readable, fd: int, size: int, sha256: str) -> None:
+    """Stream ``source`` to ``fd`` (at most ``size`` bytes), check size and hash, fsync."""
+    digest = hashlib.sha256()
+    written = 0
+    while data := source.read(_BLOCK):
+        written += len(data)
+        if written > size:
+            raise SpoolError(f"the source is longer than the expected {size} bytes")
+        digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    if written != size:
+        raise SpoolError(f"the source has {written} bytes, expected {size}")
+    if digest.hexdigest() != sha256:
+        raise SpoolError("the source's SHA-256 differs from the expected one")
+    os.fsync(fd)
+
+
+def _verify_on_disk(fd: int, size: int, sha256: str) -> None:
+    """Read the written file back: what is on disk must be what was expected."""
+    if os.fstat(fd).st_size != size:
+        raise SpoolError("the spooled copy has the wrong size after writing")
+    digest = hashlib.sha256()
+    offset = 0
+    while data := os.pread(fd, _BLOCK, offset):
+        digest.update(data)
+        offset += len(data)
+    if offset != size or digest.hexdigest() != sha256:
+        raise SpoolError("the spooled copy differs from the source after writing (SHA-256)")
+
+
+def _arrival_doc(arrival: Arrival) -> dict[str, object]:
+    return {
+        "batch_id": arrival.batch_id,
+        "tenant": arrival.tenant,
+        "channel": arrival.channel,
+        "size": arrival.size,
+        "sha256": arrival.sha256,
+        "arrived_at": arrival.arrived_at.isoformat(timespec="milliseconds"),
+        "source": arrival.source,
+    }
+
+
+def _read_arrival(record: Path, final: Path) -> Arrival:
+    """Read and validate an arrival record (it is on disk: trust nothing in it)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(record, flags)
+    except FileNotFoundError:
+        raise SpoolError(
+            f"{final.name} has no arrival record ({record.name})",
+            hint="it was not put there by a delivery; move it out of the spool",
+        ) from None
+    except OSError as exc:
+        raise SpoolError(f"{record}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_ARRIVAL_BYTES + 1)
+    try:
+        doc = parse_json_strict(data, max_bytes=MAX_ARRIVAL_BYTES)
+        return _parse_arrival(doc, final)
+    except (RecordError, SpoolError, ValueError) as exc:
+        raise SpoolError(f"{record.name}: invalid arrival record: {exc}") from None
+
+
+def _parse_arrival(doc: object, final: Path) -> Arrival:
+    if not isinstance(doc, dict) or set(doc) != ARRIVAL_KEYS:
+        raise ValueError(f"expected exactly the keys {', '.join(sorted(ARRIVAL_KEYS))}")
+    batch_id, tenant, channel = doc["batch_id"], doc["tenant"], doc["channel"]
+    size, sha256, arrived, source = doc["size"], doc["sha256"], doc["arrived_at"], doc["source"]
+    if batch_id != final.name[: -len(AGE_SUFFIX)]:
+        raise ValueError("batch_id differs from the file name")
+    _check_fields(batch_id, tenant, channel, size, sha256)
+    if not isinstance(arrived, str):
+        raise ValueError("arrived_at is not text")
+    arrived_at = datetime.fromisoformat(arrived)
+    if arrived_at.utcoffset() is None:
+        raise ValueError("arrived_at has no UTC offset")
+    if not isinstance(source, dict):
+        raise ValueError("source is not an object")
+    return Arrival(batch_id, tenant, channel, size, sha256, arrived_at, final, source)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600, replacing a stale temporary file) and fsync it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
