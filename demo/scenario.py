@@ -105,7 +105,7 @@ class Scenario:
         self.timings.append((title, time.monotonic() - started))
         print(f"    {line}")
 
-    def wait_for(self, title: str, path: Path, timeout: float = 60.0) -> None:
+    def wait_for(self, title: str, path: Path, timeout: float = 20.0) -> None:
         """Wait until ``path`` exists (something another process delivers)."""
         print(f"==> {title}", flush=True)
         started = time.monotonic()

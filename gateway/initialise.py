@@ -73,6 +73,8 @@ def init_root(root: Path, *, actor: str) -> Initialised:
             (host_key_path.parent, 0o700),
             (signing_key_path.parent, 0o700),
             (cfg.path(cfg.storage.root), 0o700),
+            (cfg.path(cfg.printsite.spool), 0o700),
+            (cfg.path(cfg.printsite.work_dir), 0o700),
             (log.parent, 0o700),
             (checkpoints.parent, 0o700),
             (database.parent, 0o755),

@@ -98,6 +98,8 @@ def test_init_creates_keys_config_database_and_audit(gateway: CliRunner, tmp_pat
     for private in ("keys/ssh_host_ed25519_key", "keys/gateway_signing_ed25519"):
         assert stat.S_IMODE((root / private).stat().st_mode) == 0o600
     assert (root / "storage").is_dir()
+    for private_dir in ("spool", "work"):  # the print site's spool and plaintext work area
+        assert stat.S_IMODE((root / private_dir).stat().st_mode) == 0o700
     assert (root / "state.db").is_file()
     events = _events(root)
     assert [e["event"] for e in events] == ["gateway_initialised"]
