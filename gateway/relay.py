@@ -1,7 +1,8 @@
 """SFTP from this gateway to another one: the ``sftp://`` destination and the pull client.
 
-The gateway's only client-side paramiko (STYLE: paramiko lives in
-:mod:`gateway.sftp_server`, here and ``client/transfer.py``). :func:`connect`
+The gateway's only client-side paramiko (paramiko is imported only by
+gateway/sftp_server.py and gateway/sftp_fs.py (server side), gateway/relay.py
+(client side); and ``client/transfer.py`` on the ward side). :func:`connect`
 opens one SSH connection with the peer's host key **pinned** (an unknown or
 changed key is refused before anything is sent; the fingerprint seen is in the
 error), the server's own restricted algorithm lists, TCP_NODELAY, and logs in
@@ -9,7 +10,8 @@ with a key alone (a ``forwarder`` account) or with a password and then the key
 (a ``contractor``). :class:`Link` offers the few SFTP operations the
 destination and ``pull`` need.
 
-:class:`SftpDestination` delivers a batch to a print site that runs
+:class:`SftpDestination` (in :mod:`gateway.relay_destination`, re-exported
+here) delivers a batch to a print site that runs
 ``lgwan-gateway serve`` with a ``forwarder`` account for us (issue 4, §4):
 
 1. the print site's ``/receipts/<batch>.receipt.json`` already there, signed by
@@ -38,12 +40,11 @@ import hashlib
 import io
 import logging
 import socket
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -52,11 +53,11 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 from custody import KIND_RECEIPT, keys, loads_record, verify_record
 from custody.errors import CustodyError, KeyFormatError
 from gateway.config import GatewayConfig, check_private_key_mode
-from gateway.destinations import Delivery, DeliveryError, SourceChangedError
 from gateway.errors import ConfigError, GatewayError
-from gateway.routes import Route, TenantSection
 from gateway.sftp_server import CIPHERS, HOST_KEY_TYPES, KEX, MACS
-from gateway.state import BatchRecord
+
+if TYPE_CHECKING:
+    from gateway.relay_destination import SftpDestination as SftpDestination
 
 WINDOW_BYTES = 8 << 20
 MAX_PACKET_BYTES = 32768
@@ -324,147 +325,6 @@ class Link:
         return f"Link({self.peer.user}@{self.peer.address})"
 
 
-# -- the sftp:// destination --------------------------------------------------------------------
-
-
-class SftpDestination:
-    """Deliver batches to a print site's ``lgwan-gateway serve`` as its forwarder account."""
-
-    def __init__(self, route: Route, tenant: TenantSection, config: GatewayConfig) -> None:
-        """Load the pinned keys and the forwarding key of a tenant's ``sftp://`` route.
-
-        Raises:
-            ConfigError: the path is not the print site's ``/inbox``, a pinned key
-                is missing or malformed, or the forwarding key is missing, not
-                Ed25519 or readable by others (exit 78).
-        """
-        file = str(config.source) if config.source else "(defaults)"
-        name = next((n for n, t in config.tenants.items() if t is tenant), "?")
-        prefix = f"tenants.{name}"
-        if route.path.rstrip("/") not in ("", INBOX):
-            raise ConfigError(
-                file,
-                f"{prefix}.forward",
-                f"the print site's forwarder account uploads into {INBOX}",
-            )
-        self._route = route
-        self._peer = Peer(
-            host=route.host,
-            port=route.port,
-            user=route.user,
-            host_key=load_pinned_key(tenant.host_key, file, f"{prefix}.host_key"),
-            timeout=float(config.forwarder.connect_timeout_seconds),
-        )
-        self._receipt_key = load_pinned_key(tenant.receipt_key, file, f"{prefix}.receipt_key")
-        self._key = load_private_key_file(config, tenant.forward_key, f"{prefix}.forward_key")
-        self._inbox = INBOX
-        self._lock = threading.Lock()
-        self._link: Link | None = None
-
-    def __repr__(self) -> str:
-        """The route only (nothing secret)."""
-        return f"SftpDestination({self._route.describe()})"
-
-    def deliver(self, batch: BatchRecord, source: Callable[[], BinaryIO]) -> Delivery:
-        """Deliver ``batch`` (its bytes from ``source()``) exactly once; see the module docstring.
-
-        Raises:
-            DeliveryError: retryable (down, dropped, busy, full) or not (host key,
-                login, receipt invalid, ``conflict``, ``source_changed``).
-        """
-        with self._lock:
-            for attempt in range(2):
-                reused = self._link is not None and self._link.active
-                try:
-                    if not reused:
-                        self._close_link()
-                        self._link = connect(self._peer, self._key)
-                    assert self._link is not None
-                    return self._deliver(self._link, batch, source)
-                except LinkError as exc:
-                    self._close_link()
-                    if reused and attempt == 0 and exc.reason == "connection_lost":
-                        continue  # the kept connection had died (idle timeout): a fresh one
-                    raise DeliveryError(exc.retryable, exc.reason, str(exc)) from None
-                except DeliveryError:
-                    raise  # the connection is fine: keep it
-                except BaseException:
-                    self._close_link()
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def close(self) -> None:
-        """Close the kept connection (the next delivery opens a new one); idempotent."""
-        with self._lock:
-            self._close_link()
-
-    def _close_link(self) -> None:
-        if self._link is not None:
-            link, self._link = self._link, None
-            link.close()
-
-    def _deliver(self, link: Link, batch: BatchRecord, source: Callable[[], BinaryIO]) -> Delivery:
-        present = self._receipted(link, batch)
-        if present is not None:
-            return present
-        part = f"{self._inbox}/{batch.batch_id}{PART}"
-        final = f"{self._inbox}/{batch.batch_id}{AGE}"
-        remote = link.size(part)
-        offset = remote if remote is not None and remote <= batch.size else 0
-        digest = hashlib.sha256()
-        with source() as stream:
-            _hash_prefix(stream, offset, digest)
-            try:
-                link.upload(part, _blocks(stream, digest), offset=offset)
-            except LinkError as exc:
-                return self._after_failure(link, batch, exc)
-        if digest.hexdigest() != batch.sha256:
-            with suppress(LinkError):
-                link.remove(part)
-            raise SourceChangedError("the gateway's copy no longer has the receipted SHA-256")
-        try:
-            timeout = self._peer.timeout + batch.size / HASH_BYTES_PER_SECOND
-            link.rename(part, final, timeout=timeout)
-        except LinkError as exc:
-            return self._after_failure(link, batch, exc)
-        delivered = self._receipted(link, batch, already=False)
-        if delivered is None:
-            raise DeliveryError(True, "receipt_pending", "the print site has not signed a receipt")
-        return delivered
-
-    def _after_failure(self, link: Link, batch: BatchRecord, exc: LinkError) -> Delivery:
-        """An upload or rename failed: perhaps because the print site has the batch already."""
-        if link.active:
-            present = self._receipted(link, batch, already=False)
-            if present is not None:
-                return present
-        raise exc
-
-    def _receipted(
-        self, link: Link, batch: BatchRecord, *, already: bool = True
-    ) -> Delivery | None:
-        """The delivery the print site's signed receipt attests; None without a receipt.
-
-        Raises:
-            DeliveryError: the receipt is invalid, or attests a different file (``conflict``).
-        """
-        data = link.read_small(f"{RECEIPTS}/{batch.batch_id}{RECEIPT}")
-        if data is None:
-            return None
-        body = check_receipt(data, self._receipt_key, batch.batch_id)
-        if body["sha256"] != batch.sha256 or body["size"] != batch.size:
-            raise DeliveryError(
-                False,
-                "conflict",
-                f"the print site holds a different {batch.batch_id} "
-                f"(SHA-256 {str(body['sha256'])[:16]}…); nothing was overwritten",
-            )
-        location = (
-            f"sftp://{self._peer.user}@{self._peer.address}{self._inbox}/{batch.batch_id}{AGE}"
-        )
-        return Delivery(location=location, sha256=batch.sha256, already=already)
-
-
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -531,34 +391,6 @@ def load_private_key_file(config: GatewayConfig, value: str, name: str) -> Ed255
         return keys.load_private_key(data)
     except KeyFormatError as exc:
         raise ConfigError(file, name, f"{path}: {exc}") from None
-
-
-def _hash_prefix(stream: BinaryIO, length: int, digest: Any) -> None:
-    """Hash the first ``length`` bytes of ``stream`` (already at the peer)."""
-    left = length
-    while left:
-        data = stream.read(min(BLOCK_BYTES, left))
-        if not data:
-            raise SourceChangedError("the gateway's copy is shorter than the part already sent")
-        digest.update(data)
-        left -= len(data)
-
-
-def _blocks(stream: BinaryIO, digest: Any) -> Iterator[bytes]:
-    """The rest of ``stream`` in blocks, hashed on the way (a local read error is retryable)."""
-    while True:
-        try:
-            data = stream.read(BLOCK_BYTES)
-        except OSError as exc:
-            raise LinkError(
-                f"reading the gateway's copy failed: {_describe(exc)}",
-                reason="source_unreadable",
-                retryable=True,
-            ) from None
-        if not data:
-            return
-        digest.update(data)
-        yield data
 
 
 def _write_checked(handle: Any, blocks: Iterator[bytes]) -> None:
@@ -657,3 +489,13 @@ def _describe(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export :class:`gateway.relay_destination.SftpDestination` (imported lazily:
+    that module imports this one)."""
+    if name == "SftpDestination":
+        from gateway.relay_destination import SftpDestination
+
+        return SftpDestination
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

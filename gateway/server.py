@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from gateway import sftp_server
 from gateway.app import Gateway
-from gateway.state import Account
+from gateway.state import ROLE_FORWARDER, Account
 
 TICK_SECONDS = 0.05
 """How often the reaper looks at every connection."""
@@ -338,7 +338,7 @@ class DropServer:
                 audit.emit(
                     "login_succeeded",
                     **conn.fields(),
-                    method="password+publickey",
+                    method="publickey" if account.role == ROLE_FORWARDER else "password+publickey",
                     role=account.role,
                     key_fingerprint=conn.key_fingerprint,
                 )

@@ -14,7 +14,8 @@ component at a time, with ``O_NOFOLLOW``: a symlink planted anywhere in the tree
 ever resolved outside the root. Callers name files by (tenant, area, name); disk
 paths never leave this module and never appear in error messages.
 
-Uploads (:class:`Upload`) are written at offsets and always stay a contiguous
+Uploads (:class:`Upload`; it and :class:`Reader` live in :mod:`gateway.storage_files`,
+re-exported here) are written at offsets and always stay a contiguous
 prefix (no holes), so a resumed upload continues from the stored size. Each write
 is checked against the per-file limit, the tenant's quota and the free-space
 reserve before a byte is written.
@@ -30,9 +31,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
 from gateway.policy import TENANT_RE, Area, PolicyError, check_tenant
+
+if TYPE_CHECKING:
+    from gateway.storage_files import Reader as Reader
+    from gateway.storage_files import Upload as Upload
 
 TENANTS_DIR = "tenants"
 QUARANTINE_DIR = "quarantine"
@@ -271,6 +277,8 @@ class Storage:
         """
         with self._area(tenant, area) as adir:
             fd = self._open_regular(adir, name, os.O_RDONLY)
+        from gateway.storage_files import Reader
+
         return Reader(fd)
 
     def digest(self, tenant: str, area: Area, name: str) -> tuple[int, str]:
@@ -324,6 +332,8 @@ class Storage:
         try:
             if os.fstat(fd).st_nlink != 1:  # a planted hard link would let writes escape
                 raise StorageError("hard_link", "the file has other links; refused")
+            from gateway.storage_files import Upload
+
             upload = Upload(self, tenant, name, fd)
         except BaseException:
             os.close(fd)
@@ -508,103 +518,6 @@ class Storage:
         return target
 
 
-class Upload:
-    """An inbox file open for writing at offsets, within the limits.
-
-    Writes may overwrite or extend the file but never leave a hole, so the file
-    is always a contiguous prefix of what the client sent.
-    """
-
-    def __init__(self, storage: Storage, tenant: str, name: str, fd: int) -> None:
-        self.tenant = tenant
-        self.name = name
-        self._storage = storage
-        self._fd = fd
-        self._lock = threading.Lock()
-        self._superseded = False
-        self.size = os.fstat(fd).st_size
-
-    def write(self, offset: int, data: bytes, *, append: bool = False) -> None:
-        """Write ``data`` at ``offset`` (at the end when ``append``).
-
-        Raises:
-            StorageError: the handle is closed or superseded; the write would
-                leave a hole; the upload, quota or free-space limit would be
-                exceeded; or the disk is full. The file keeps its valid prefix.
-        """
-        with self._lock:
-            if self._fd < 0:
-                raise StorageError("closed", "the file is closed")
-            if self._superseded:
-                raise StorageError("superseded", "another session took over this upload")
-            if append:
-                offset = self.size
-            if offset < 0 or offset > self.size:
-                raise StorageError("hole", "writes must continue from the stored size")
-            end = offset + len(data)
-            grow = max(0, end - self.size)
-            self._storage._reserve(self, self._fd, end, grow)
-            try:
-                _write_all(self._fd, offset, data)
-            except OSError as exc:
-                self._storage._unreserve(self.tenant)
-                self.size = os.fstat(self._fd).st_size
-                raise _os_error(exc) from None
-            self.size = max(self.size, end)
-
-    def truncate(self) -> None:
-        """Empty the file (an upload started over)."""
-        with self._lock:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError as exc:
-                raise _os_error(exc) from None
-            self.size = 0
-        self._storage._unreserve(self.tenant)
-
-    def supersede(self) -> None:
-        """Make later writes fail: another session or the completion took over."""
-        with self._lock:
-            self._superseded = True
-
-    def close(self) -> None:
-        """Flush to disk and close; idempotent. The file stays as it is (resumable)."""
-        with self._lock:
-            if self._fd < 0:
-                return
-            fd, self._fd = self._fd, -1
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        self._storage._release(self)
-
-
-class Reader:
-    """A regular file open for reading at offsets."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self.size = os.fstat(fd).st_size
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (empty at the end)."""
-        if self._fd < 0:
-            raise StorageError("closed", "the file is closed")
-        try:
-            return os.pread(self._fd, length, offset)
-        except OSError as exc:
-            raise _os_error(exc) from None
-
-    def close(self) -> None:
-        """Close; idempotent."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-
 def _write_all(fd: int, offset: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -616,3 +529,13 @@ def _write_all(fd: int, offset: int, data: bytes) -> None:
 def _fsync_dir(fd: int) -> None:
     with suppress(OSError):
         os.fsync(fd)
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export :class:`~gateway.storage_files.Upload` and :class:`~gateway.storage_files.Reader`
+    (imported lazily: that module imports this one)."""
+    if name in ("Upload", "Reader"):
+        from gateway import storage_files
+
+        return getattr(storage_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

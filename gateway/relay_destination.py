@@ -1,0 +1,205 @@
+"""The ``sftp://`` destination: deliver a batch to a print site's ``lgwan-gateway serve``.
+
+Split out of :mod:`gateway.relay` (which re-exports :class:`SftpDestination`); the
+protocol is described in that module's docstring. paramiko is not imported here:
+the SSH/SFTP client side is :class:`gateway.relay.Link`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any, BinaryIO
+
+from gateway.config import GatewayConfig
+from gateway.destinations import Delivery, DeliveryError, SourceChangedError
+from gateway.errors import ConfigError
+from gateway.relay import (
+    AGE,
+    BLOCK_BYTES,
+    HASH_BYTES_PER_SECOND,
+    INBOX,
+    PART,
+    RECEIPT,
+    RECEIPTS,
+    Link,
+    LinkError,
+    Peer,
+    _describe,
+    check_receipt,
+    connect,
+    load_pinned_key,
+    load_private_key_file,
+)
+from gateway.routes import Route, TenantSection
+from gateway.state import BatchRecord
+
+# -- the sftp:// destination --------------------------------------------------------------------
+
+
+class SftpDestination:
+    """Deliver batches to a print site's ``lgwan-gateway serve`` as its forwarder account."""
+
+    def __init__(self, route: Route, tenant: TenantSection, config: GatewayConfig) -> None:
+        """Load the pinned keys and the forwarding key of a tenant's ``sftp://`` route.
+
+        Raises:
+            ConfigError: the path is not the print site's ``/inbox``, a pinned key
+                is missing or malformed, or the forwarding key is missing, not
+                Ed25519 or readable by others (exit 78).
+        """
+        file = str(config.source) if config.source else "(defaults)"
+        name = next((n for n, t in config.tenants.items() if t is tenant), "?")
+        prefix = f"tenants.{name}"
+        if route.path.rstrip("/") not in ("", INBOX):
+            raise ConfigError(
+                file,
+                f"{prefix}.forward",
+                f"the print site's forwarder account uploads into {INBOX}",
+            )
+        self._route = route
+        self._peer = Peer(
+            host=route.host,
+            port=route.port,
+            user=route.user,
+            host_key=load_pinned_key(tenant.host_key, file, f"{prefix}.host_key"),
+            timeout=float(config.forwarder.connect_timeout_seconds),
+        )
+        self._receipt_key = load_pinned_key(tenant.receipt_key, file, f"{prefix}.receipt_key")
+        self._key = load_private_key_file(config, tenant.forward_key, f"{prefix}.forward_key")
+        self._inbox = INBOX
+        self._lock = threading.Lock()
+        self._link: Link | None = None
+
+    def __repr__(self) -> str:
+        """The route only (nothing secret)."""
+        return f"SftpDestination({self._route.describe()})"
+
+    def deliver(self, batch: BatchRecord, source: Callable[[], BinaryIO]) -> Delivery:
+        """Deliver ``batch`` (its bytes from ``source()``) exactly once; see the module docstring.
+
+        Raises:
+            DeliveryError: retryable (down, dropped, busy, full) or not (host key,
+                login, receipt invalid, ``conflict``, ``source_changed``).
+        """
+        with self._lock:
+            for attempt in range(2):
+                reused = self._link is not None and self._link.active
+                try:
+                    if not reused:
+                        self._close_link()
+                        self._link = connect(self._peer, self._key)
+                    assert self._link is not None
+                    return self._deliver(self._link, batch, source)
+                except LinkError as exc:
+                    self._close_link()
+                    if reused and attempt == 0 and exc.reason == "connection_lost":
+                        continue  # the kept connection had died (idle timeout): a fresh one
+                    raise DeliveryError(exc.retryable, exc.reason, str(exc)) from None
+                except DeliveryError:
+                    raise  # the connection is fine: keep it
+                except BaseException:
+                    self._close_link()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the kept connection (the next delivery opens a new one); idempotent."""
+        with self._lock:
+            self._close_link()
+
+    def _close_link(self) -> None:
+        if self._link is not None:
+            link, self._link = self._link, None
+            link.close()
+
+    def _deliver(self, link: Link, batch: BatchRecord, source: Callable[[], BinaryIO]) -> Delivery:
+        present = self._receipted(link, batch)
+        if present is not None:
+            return present
+        part = f"{self._inbox}/{batch.batch_id}{PART}"
+        final = f"{self._inbox}/{batch.batch_id}{AGE}"
+        remote = link.size(part)
+        offset = remote if remote is not None and remote <= batch.size else 0
+        digest = hashlib.sha256()
+        with source() as stream:
+            _hash_prefix(stream, offset, digest)
+            try:
+                link.upload(part, _blocks(stream, digest), offset=offset)
+            except LinkError as exc:
+                return self._after_failure(link, batch, exc)
+        if digest.hexdigest() != batch.sha256:
+            with suppress(LinkError):
+                link.remove(part)
+            raise SourceChangedError("the gateway's copy no longer has the receipted SHA-256")
+        try:
+            timeout = self._peer.timeout + batch.size / HASH_BYTES_PER_SECOND
+            link.rename(part, final, timeout=timeout)
+        except LinkError as exc:
+            return self._after_failure(link, batch, exc)
+        delivered = self._receipted(link, batch, already=False)
+        if delivered is None:
+            raise DeliveryError(True, "receipt_pending", "the print site has not signed a receipt")
+        return delivered
+
+    def _after_failure(self, link: Link, batch: BatchRecord, exc: LinkError) -> Delivery:
+        """An upload or rename failed: perhaps because the print site has the batch already."""
+        if link.active:
+            present = self._receipted(link, batch, already=False)
+            if present is not None:
+                return present
+        raise exc
+
+    def _receipted(
+        self, link: Link, batch: BatchRecord, *, already: bool = True
+    ) -> Delivery | None:
+        """The delivery the print site's signed receipt attests; None without a receipt.
+
+        Raises:
+            DeliveryError: the receipt is invalid, or attests a different file (``conflict``).
+        """
+        data = link.read_small(f"{RECEIPTS}/{batch.batch_id}{RECEIPT}")
+        if data is None:
+            return None
+        body = check_receipt(data, self._receipt_key, batch.batch_id)
+        if body["sha256"] != batch.sha256 or body["size"] != batch.size:
+            raise DeliveryError(
+                False,
+                "conflict",
+                f"the print site holds a different {batch.batch_id} "
+                f"(SHA-256 {str(body['sha256'])[:16]}…); nothing was overwritten",
+            )
+        location = (
+            f"sftp://{self._peer.user}@{self._peer.address}{self._inbox}/{batch.batch_id}{AGE}"
+        )
+        return Delivery(location=location, sha256=batch.sha256, already=already)
+
+
+def _hash_prefix(stream: BinaryIO, length: int, digest: Any) -> None:
+    """Hash the first ``length`` bytes of ``stream`` (already at the peer)."""
+    left = length
+    while left:
+        data = stream.read(min(BLOCK_BYTES, left))
+        if not data:
+            raise SourceChangedError("the gateway's copy is shorter than the part already sent")
+        digest.update(data)
+        left -= len(data)
+
+
+def _blocks(stream: BinaryIO, digest: Any) -> Iterator[bytes]:
+    """The rest of ``stream`` in blocks, hashed on the way (a local read error is retryable)."""
+    while True:
+        try:
+            data = stream.read(BLOCK_BYTES)
+        except OSError as exc:
+            raise LinkError(
+                f"reading the gateway's copy failed: {_describe(exc)}",
+                reason="source_unreadable",
+                retryable=True,
+            ) from None
+        if not data:
+            return
+        digest.update(data)
+        yield data
