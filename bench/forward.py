@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+import peers  # bench/peers.py: the OpenSSH peer
 
 from client import transfer
 from custody import load_private_key, load_public_key
@@ -153,16 +154,6 @@ def _serve(config: Path, cwd: Path, port: int = 0) -> tuple[subprocess.Popen[byt
     return proc, int(match.group(2))
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @dataclass(frozen=True)
 class Deployment:
     """A running gateway with one ward account whose tenant forwards to ``spool``."""
@@ -220,7 +211,7 @@ def deployment(kind: str, root: Path) -> Iterator[Deployment]:
         yield Deployment(spool, gw / "audit" / "audit.jsonl", endpoint, ward_key)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            peers.stop(proc)
 
 
 def upload_all(dep: Deployment, items: list[tuple[str, Path]]) -> None:
@@ -321,61 +312,14 @@ def _login_name() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def openssh(root: Path) -> Iterator[OpenSsh | None]:
-    """Start ``sshd -D`` with its own config and keys; yield None when that is not possible."""
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-    if shutil.which("sftp") is None or shutil.which("ssh-keygen") is None or sshd is None:
+    """The OpenSSH peer (bench/peers.py); None without sshd or the sftp client."""
+    if shutil.which("sftp") is None:
         yield None
         return
-    root.mkdir()
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
-                       check=True)  # fmt: skip
-    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
-    (root / "authorized_keys").chmod(0o600)
-    port = _free_port()
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
-        f"StrictModes no\nPidFile {root / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen(
-        [sshd, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        if not _accepting(port, proc):
-            print(f"bench: sshd did not start: {(root / 'sshd.log').read_text()[-500:]}")
-            yield None
-            return
-        yield OpenSsh(root, port, root / "user_key")
-    finally:
-        _stop(proc)
-
-
-def _accepting(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+    with peers.sshd(root) as server:
+        yield None if server is None else OpenSsh(root, server.port, server.user_key)
 
 
 # -- the benchmark ------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+import peers  # bench/peers.py: the OpenSSH peer
 
 from client import transfer
 from custody import keys
@@ -347,17 +347,7 @@ def gateway(root: Path, concurrent: int) -> Iterator[Gateway]:
             gw / "storage" / "tenants" / TENANT / "outbox",
         )
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        peers.stop(proc)
 
 
 def wait_for(path: Path, timeout: float) -> None:
@@ -380,63 +370,17 @@ class OpenSsh:
     target: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def openssh(root: Path, concurrent: int) -> Iterator[OpenSsh | None]:
-    """Start ``sshd -D`` with its own config and keys; yield None when that is not possible."""
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-    if sshd is None or shutil.which("ssh-keygen") is None:
-        print("bench: sshd not found (apt-get install openssh-server): no OpenSSH figures")
-        yield None
-        return
-    root.mkdir()
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
-                       check=True)  # fmt: skip
-    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
-    port = _free_port()
-    (root / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
-        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
-        f"StrictModes no\nPidFile {root / 'sshd.pid'}\nMaxStartups {concurrent + 16}\n"
-        "Subsystem sftp internal-sftp\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen(
-        [sshd, "-D", "-f", str(root / "sshd_config"), "-p", str(port),
-         "-E", str(root / "sshd.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        if not _accepting(port, proc):
-            print(f"bench: sshd did not start, no OpenSSH figures: "
-                  f"{(root / 'sshd.log').read_text()[-500:]}")  # fmt: skip
+    """The OpenSSH peer (bench/peers.py), with an upload directory; None when unavailable."""
+    with peers.sshd(root, max_startups=concurrent + 16) as server:
+        if server is None:
             yield None
             return
         (root / "target").mkdir()
         user = pwd.getpwuid(os.getuid()).pw_name
-        host_key = _public(root / "host_key.pub")
-        yield OpenSsh(Login(port, user, root / "user_key", host_key, None), root / "target")
-    finally:
-        _stop(proc)
-
-
-def _accepting(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+        host_key = _public(server.host_key_pub)
+        yield OpenSsh(Login(server.port, user, server.user_key, host_key, None), root / "target")
 
 
 # -- OpenSSH's sftp client ----------------------------------------------------------------------
