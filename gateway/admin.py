@@ -34,7 +34,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custody import keys
-from custody.errors import KeyFormatError
 from gateway import config as config_mod
 from gateway.accounts import (
     Accounts,
@@ -48,6 +47,7 @@ from gateway.accounts import (
     parse_allow,
     parse_public_key,
 )
+from gateway.app import load_key
 from gateway.audit import AuditLog
 from gateway.credentials import (
     ClientConfig,
@@ -154,7 +154,7 @@ def _session(args: argparse.Namespace) -> Iterator[_Session]:
     cfg = config_mod.load(args.config)
     store = _open_store(cfg)
     try:
-        signing_key = _load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
+        signing_key = load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
         audit = AuditLog.open(
             cfg.path(cfg.audit.log),
             cfg.path(cfg.audit.checkpoints),
@@ -372,21 +372,6 @@ def _open_store(cfg: config_mod.GatewayConfig) -> StateStore:
         ) from None
 
 
-def _load_key(cfg: config_mod.GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
-    file = str(cfg.source) if cfg.source else "(defaults)"
-    path = cfg.path(value)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(file, name, f"{path} does not exist (run lgwan-gateway init)") from None
-    except OSError as exc:
-        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return keys.load_private_key(data)
-    except KeyFormatError as exc:
-        raise ConfigError(file, name, f"{path}: {exc}") from None
-
-
 def _public_address(cfg: config_mod.GatewayConfig) -> tuple[str, int]:
     address = cfg.server.public_address or cfg.server.listen
     try:
@@ -400,7 +385,7 @@ def _write_notice(
     s: _Session, out: Path, name: str, tenant: str, role: str, password: str, *, reset: bool = False
 ) -> None:
     host, port = _public_address(s.cfg)
-    host_key = _load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
+    host_key = load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
     shown_host = f"[{host}]" if ":" in host else host
     notice = CredentialNotice(
         user=name,
@@ -422,7 +407,7 @@ def _write_notice(
 
 def _client_config(s: _Session, name: str, tenant: str, private_key: str) -> ClientConfig:
     host, port = _public_address(s.cfg)
-    host_key = _load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
+    host_key = load_key(s.cfg, "server.host_key", s.cfg.server.host_key)
     return ClientConfig(
         host=host,
         port=port,

@@ -18,16 +18,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from custody import keys
-from custody.errors import KeyFormatError
 from gateway.accounts import Accounts
 from gateway.audit import AuditLog
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_private_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
 from gateway.receipts import Completer
@@ -189,20 +186,13 @@ def build(
 
 
 def load_key(config: GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
-    """Load a configured Ed25519 private key (its mode was checked when loading the config).
+    """Load one of the gateway's own keys (created by ``init``).
 
     Raises:
-        ConfigError: missing, unreadable, or not an unencrypted Ed25519 key.
+        ConfigError: as :func:`gateway.config.load_private_key`, with a hint to run init.
     """
-    file = str(config.source) if config.source else "(defaults)"
-    path: Path = config.path(value)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(file, name, f"{path} does not exist ({INIT_HINT})") from None
-    except OSError as exc:
-        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return keys.load_private_key(data)
-    except KeyFormatError as exc:
-        raise ConfigError(file, name, f"{path}: {exc}") from None
+        return load_private_key(config, name, value)
+    except ConfigError as exc:
+        exc.hint = exc.hint or INIT_HINT
+        raise

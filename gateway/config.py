@@ -15,6 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from custody import keys
+from custody.errors import KeyFormatError
 from gateway.errors import ConfigError
 from gateway.routes import TENANT_RE, TenantSection, parse_route
 
@@ -287,8 +291,8 @@ _POSITIVE = {
 
 def _check_positive(file: str, config: GatewayConfig) -> None:
     """Counts, sizes and durations must be at least 1 (delays and reserves at least 0)."""
-    for section, keys in _POSITIVE.items():
-        for key in keys:
+    for section, names in _POSITIVE.items():
+        for key in names:
             if getattr(getattr(config, section), key) < 1:
                 raise ConfigError(file, f"{section}.{key}", "must be at least 1")
     for section, key in (
@@ -347,3 +351,29 @@ def check_private_key_mode(key: Path, file: str, name: str) -> None:
         raise ConfigError(
             file, name, f"{key} is readable by others (mode {mode:04o}); run: chmod 600 {key}"
         )
+
+
+def load_private_key(config: GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
+    """Load a configured Ed25519 private key, refusing one that group or others may read.
+
+    Args:
+        config: the configuration the key path comes from (for resolving and messages).
+        name: the configuration key, e.g. ``server.host_key``.
+        value: its (possibly relative) path.
+
+    Raises:
+        ConfigError: missing, unreadable, readable by others, or not an unencrypted Ed25519 key.
+    """
+    file = str(config.source) if config.source else "(defaults)"
+    path = config.path(value)
+    check_private_key_mode(path, file, name)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, name, f"{path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return keys.load_private_key(data)
+    except KeyFormatError as exc:
+        raise ConfigError(file, name, f"{path}: {exc}") from None

@@ -52,7 +52,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from custody import KIND_RECEIPT, keys, loads_record, verify_record
 from custody.errors import CustodyError, KeyFormatError
-from gateway.config import GatewayConfig, check_private_key_mode
+from gateway.config import GatewayConfig, load_private_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.sftp_server import CIPHERS, HOST_KEY_TYPES, KEX, MACS
 
@@ -378,19 +378,7 @@ def load_private_key_file(config: GatewayConfig, value: str, name: str) -> Ed255
     Raises:
         ConfigError: missing, unreadable, mode not 0600-like, or not Ed25519.
     """
-    file = str(config.source) if config.source else "(defaults)"
-    path = config.path(value)
-    check_private_key_mode(path, file, name)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(file, name, f"{path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return keys.load_private_key(data)
-    except KeyFormatError as exc:
-        raise ConfigError(file, name, f"{path}: {exc}") from None
+    return load_private_key(config, name, value)
 
 
 def _write_checked(handle: Any, blocks: Iterator[bytes]) -> None:
