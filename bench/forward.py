@@ -41,24 +41,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import kit  # bench/kit.py: batch ids, envelopes, hashes
 import peers  # bench/peers.py: the OpenSSH peer
 
 from client import transfer
 from custody import load_private_key, load_public_key
-from envelope import EncryptingWriter
 
 BIN = Path(sys.executable).parent
-MIB = 1024 * 1024
+MIB = kit.MIB
 TENANT = "shinjuku"
 WARD = "ward1"
 FORWARDER = "fwd1"
 PASSWORD = secrets.token_urlsafe(24)
 """The ward account's password for this run only."""
-WORK_FACTOR = 10
-"""The envelopes' scrypt work factor (the gateway's minimum is lowered to it)."""
+WORK_FACTOR = kit.WORK_FACTOR
 POLL_SECONDS = 0.002
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
-_SUFFIX = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 @dataclass(frozen=True)
@@ -86,24 +84,6 @@ class Outcome:
 
 
 # -- deployments: gateway (and print site) roots, serve processes, uploads ----------------------
-
-
-def new_batch_id() -> str:
-    """A fresh batch id (``YYYYMMDD-TYPE-XXXXXX``)."""
-    return "20260715-BENCH-" + "".join(secrets.choice(_SUFFIX) for _ in range(6))
-
-
-def write_envelope(path: Path, size: int) -> None:
-    """A valid age envelope (scrypt, WORK_FACTOR) of about ``size`` bytes of random data."""
-    with (
-        path.open("wb") as handle,
-        EncryptingWriter(handle, "bench passphrase", work_factor=WORK_FACTOR) as writer,
-    ):
-        left = size
-        while left > 0:
-            block = os.urandom(min(left, MIB))
-            writer.write(block)
-            left -= len(block)
 
 
 def _cli(program: str, *args: str | Path, cwd: Path, secret: str | None = None) -> str:
@@ -338,9 +318,9 @@ def _batches(root: Path, small: int, small_mib: float, large: int, large_mib: fl
     made = []
     for count, mib, is_large in ((small, small_mib, False), (large, large_mib, True)):
         for _ in range(count):
-            batch = new_batch_id()
+            batch = kit.new_batch_id()
             path = out / f"{batch}.age"
-            write_envelope(path, int(mib * MIB))
+            kit.write_envelope(path, int(mib * MIB))
             made.append(Batch(batch, path, path.stat().st_size, is_large))
     return made
 

@@ -1,4 +1,5 @@
-"""The named peers the benchmarks measure against: a private OpenSSH ``sshd`` on loopback.
+"""The named peers the benchmarks measure against: a private OpenSSH ``sshd`` on loopback,
+and OpenSSH's ``sftp`` client.
 
 Shared by ``bench/sftp.py`` and ``bench/forward.py`` (run as scripts, so this
 module is imported from the script's own directory).
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,50 @@ def sshd(root: Path, *, max_startups: int = 10) -> Iterator[Sshd | None]:
         yield Sshd(root, port, root / "user_key", root / "host_key.pub")
     finally:
         stop(proc)
+
+
+def sftp_client_seconds(
+    root: Path, login: Any, commands: list[str], *, cipher: str, timeout: float
+) -> float:
+    """Seconds for one OpenSSH ``sftp -b`` session running ``commands``, its login subtracted.
+
+    ``login`` has ``port``, ``user``, ``key_path``, ``host_key`` and ``password``
+    (None for key-only servers).
+
+    The login is timed by a session running ``pwd`` only. A password (the
+    gateway's first step) is given through ``SSH_ASKPASS``; ``BatchMode=no``
+    comes before ``-b`` so that ssh, which keeps an option's first value, still
+    asks for it.
+    """
+    known = root / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{login.port} {login.host_key}\n")
+    env = dict(os.environ)
+    if login.password is not None:
+        askpass = root / "askpass.sh"
+        askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' '{login.password}'\n")
+        askpass.chmod(0o700)
+        env |= {"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+    head = ["sftp", "-o", "BatchMode=no"]
+    argv = [
+        "-q", "-i", str(login.key_path), "-P", str(login.port),
+        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+        "-o", "StrictHostKeyChecking=yes", "-o", f"Ciphers={cipher}",
+        "-o", "HostKeyAlgorithms=ssh-ed25519", f"{login.user}@127.0.0.1",
+    ]  # fmt: skip
+
+    def run(lines: list[str]) -> float:
+        script = root / "batch"
+        script.write_text("".join(f"{line}\n" for line in lines))
+        started = time.monotonic()
+        done = subprocess.run(
+            [*head, "-b", str(script), *argv],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode(errors="replace").strip()[-500:])
+        return seconds
+
+    login_seconds = min(run(["pwd"]) for _ in range(3))
+    return run(commands) - login_seconds

@@ -34,7 +34,6 @@ Run: ``make bench`` (1 GiB) or ``python bench/sftp.py --size-mib 256``.
 """
 
 import argparse
-import hashlib
 import multiprocessing
 import os
 import pwd
@@ -53,18 +52,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kit  # bench/kit.py: batch ids, envelopes, hashes
 import paramiko
 import peers  # bench/peers.py: the OpenSSH peer
 
 from client import transfer
 from custody import keys
-from envelope import EncryptingWriter
 from gateway.accounts import Accounts
 from gateway.config import AuthSection
 from gateway.state import StateStore
 
 BIN = Path(sys.executable).parent
-MIB = 1024 * 1024
+MIB = kit.MIB
 BLOCK = 256 * 1024
 """Bytes handed to each pipelined write (paramiko sends them as 32 KiB requests)."""
 PREFETCH_REQUESTS = 512
@@ -76,15 +75,9 @@ WARD = "ward1"
 CONTRACTOR = "contractor1"
 PASSWORD = secrets.token_urlsafe(24)
 """Both gateway accounts' password, for this run only."""
-WORK_FACTOR = 10
+WORK_FACTOR = kit.WORK_FACTOR
 TIMEOUT = 120.0
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
-_SUFFIX = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_batch_id() -> str:
-    """A fresh batch id (``YYYYMMDD-TYPE-XXXXXX``)."""
-    return "20260715-BENCH-" + "".join(secrets.choice(_SUFFIX) for _ in range(6))
 
 
 @dataclass(frozen=True)
@@ -383,75 +376,16 @@ def openssh(root: Path, concurrent: int) -> Iterator[OpenSsh | None]:
         yield OpenSsh(Login(server.port, user, server.user_key, host_key, None), root / "target")
 
 
-# -- OpenSSH's sftp client ----------------------------------------------------------------------
-
-
 def sftp_binary(root: Path, login: Login, commands: list[str]) -> float:
-    """Seconds for one ``sftp -b`` session running ``commands``, its login subtracted.
-
-    The login is timed by a session running ``pwd`` only. A password (the
-    gateway's first step) is given through ``SSH_ASKPASS``; ``BatchMode=no``
-    comes before ``-b`` so that ssh, which keeps an option's first value, still
-    asks for it.
-    """
-    known = root / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{login.port} {login.host_key}\n")
-    env = dict(os.environ)
-    if login.password is not None:
-        askpass = root / "askpass.sh"
-        askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' '{login.password}'\n")
-        askpass.chmod(0o700)
-        env |= {"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
-    head = ["sftp", "-o", "BatchMode=no"]
-    argv = [
-        "-q", "-i", str(login.key_path), "-P", str(login.port),
-        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
-        "-o", "StrictHostKeyChecking=yes", "-o", f"Ciphers={CIPHER}",
-        "-o", "HostKeyAlgorithms=ssh-ed25519", f"{login.user}@127.0.0.1",
-    ]  # fmt: skip
-
-    def run(lines: list[str]) -> float:
-        script = root / "batch"
-        script.write_text("".join(f"{line}\n" for line in lines))
-        started = time.monotonic()
-        done = subprocess.run(
-            [*head, "-b", str(script), *argv],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT * 10,
-            check=False,
-        )  # fmt: skip
-        seconds = time.monotonic() - started
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.decode(errors="replace").strip()[-500:])
-        return seconds
-
-    login_seconds = min(run(["pwd"]) for _ in range(3))
-    return run(commands) - login_seconds
+    """Seconds for one OpenSSH ``sftp -b`` session running ``commands`` (bench/peers.py)."""
+    return peers.sftp_client_seconds(root, login, commands, cipher=CIPHER, timeout=TIMEOUT * 10)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
 
 
-def write_envelope(path: Path, size: int) -> None:
-    """A valid age envelope (scrypt, WORK_FACTOR) of about ``size`` bytes of random data."""
-    block = os.urandom(MIB)
-    with (
-        path.open("wb") as handle,
-        EncryptingWriter(handle, "bench passphrase", work_factor=WORK_FACTOR) as writer,
-    ):
-        for _ in range(size // MIB):
-            writer.write(block)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(4 * MIB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_download(local: Path, expected: str) -> None:
-    if _sha256(local) != expected:
+    if kit.sha256_file(local) != expected:
         raise SystemExit(f"bench: {local.name} differs from what was uploaded")
     local.unlink()
 
@@ -463,9 +397,9 @@ def _check_upload(remote: Path, size: int) -> None:
 
 def run_ours(root: Path, big: Path, small: Path, concurrent: int) -> tuple[list[Figure], Burst]:
     """Every transfer through ``lgwan-gateway serve``."""
-    size, digest, figures = big.stat().st_size, _sha256(big), []
+    size, digest, figures = big.stat().st_size, kit.sha256_file(big), []
     with gateway(root / "ours", concurrent) as gw:
-        batch = new_batch_id()
+        batch = kit.new_batch_id()
         part, final = f"/inbox/{batch}.age.part", f"/inbox/{batch}.age"
         closed, renamed = timed_upload(gw.ward, big, part, final)
         figures.append(Figure("upload, to close of .part", "paramiko", "ours", size, closed))
@@ -479,7 +413,7 @@ def run_ours(root: Path, big: Path, small: Path, concurrent: int) -> tuple[list[
         if shutil.which("sftp") is None:
             print("bench: OpenSSH's sftp client is not installed: no sftp-client figures")
         else:
-            other = new_batch_id()
+            other = kit.new_batch_id()
             upload_commands = [
                 f'put "{big}" /inbox/{other}.age.part',
                 f"rename /inbox/{other}.age.part /inbox/{other}.age",
@@ -495,7 +429,7 @@ def run_ours(root: Path, big: Path, small: Path, concurrent: int) -> tuple[list[
                 print(f"bench: OpenSSH's sftp client against ours failed, no figure: {exc}")
 
         figures.append(_single(gw.ward, small, "ours", _inbox))
-        ids = [new_batch_id() for _ in range(concurrent)]
+        ids = [kit.new_batch_id() for _ in range(concurrent)]
         load = burst(gw.ward, small, [_inbox(b) for b in ids])
     return figures, load
 
@@ -507,7 +441,7 @@ def _inbox(batch: str) -> tuple[str, str]:
 
 def _single(login: Login, small: Path, server: str, names: Any) -> Figure:
     """One upload of the small file alone, through the same worker as the burst."""
-    one = burst(login, small, [names(new_batch_id())])
+    one = burst(login, small, [names(kit.new_batch_id())])
     if one.ok != 1:
         raise SystemExit(f"bench: single-stream upload to {server} failed: {one.errors}")
     return Figure("upload 1 × small, to rename", "paramiko", server, small.stat().st_size,
@@ -518,12 +452,12 @@ def run_openssh(
     root: Path, big: Path, small: Path, concurrent: int
 ) -> tuple[list[Figure], Burst | None]:
     """The same transfers through a private OpenSSH sshd (none when it cannot run)."""
-    size, digest, figures = big.stat().st_size, _sha256(big), []
+    size, digest, figures = big.stat().st_size, kit.sha256_file(big), []
     with openssh(root / "openssh", concurrent) as server:
         if server is None:
             return [], None
         target, login = server.target, server.login
-        batch = new_batch_id()
+        batch = kit.new_batch_id()
         part, final = target / f"{batch}.age.part", target / f"{batch}.age"
         closed, renamed = timed_upload(login, big, str(part), str(final))
         _check_upload(final, size)
@@ -533,7 +467,7 @@ def run_openssh(
         figures.append(Figure("download", "paramiko", "OpenSSH", size, seconds))
         _check_download(root / "got.age", digest)
         if shutil.which("sftp") is not None:
-            other = target / f"{new_batch_id()}.age"
+            other = target / f"{kit.new_batch_id()}.age"
             commands = [f'put "{big}" "{other}.part"', f'rename "{other}.part" "{other}"']
             seconds = sftp_binary(root / "openssh", login, commands)
             _check_upload(other, size)
@@ -549,7 +483,7 @@ def run_openssh(
             return str(target / f"{b}.age.part"), str(target / f"{b}.age")
 
         figures.append(_single(login, small, "OpenSSH", names))
-        load = burst(login, small, [names(new_batch_id()) for _ in range(concurrent)])
+        load = burst(login, small, [names(kit.new_batch_id()) for _ in range(concurrent)])
     return figures, load
 
 
@@ -627,8 +561,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="lgwan-bench-sftp-", dir=args.dir))
     try:
         big, small = root / "big.age", root / "small.age"
-        write_envelope(big, args.size_mib * MIB)
-        write_envelope(small, args.concurrent_mib * MIB)
+        kit.write_envelope(big, args.size_mib * MIB)
+        kit.write_envelope(small, args.concurrent_mib * MIB)
         figures, ours = run_ours(root, big, small, args.concurrent)
         peer_figures, peer = run_openssh(root, big, small, args.concurrent)
         order = {name: i for i, name in enumerate(f.transfer for f in figures)}
