@@ -61,6 +61,17 @@ EVENTS = frozenset(
         "server_stopped",
         "incident_raised",
         "audit_repaired",
+        "staff_added",
+        "staff_disabled",
+        "staff_password_changed",
+        "custody_refused",
+        "batch_opened",
+        "print_logged",
+        "erasure_started",
+        "erasure_completed",
+        "erasure_certificate_received",
+        "erasure_certificate_rejected",
+        "certificate_uploaded",
     }
 )
 """The fixed event names of the drop service."""

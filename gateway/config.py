@@ -128,6 +128,17 @@ class PullSection:
 
 
 @dataclass(frozen=True)
+class CustodySection:
+    """Print-site custody: erasure approval, overdue reporting, certificates, print log."""
+
+    allow_self_approval: bool = False
+    overdue_days: int = 14
+    certificate_dir: str = "certificates"
+    computer: str = ""
+    overwrite_passes: int = 1
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration."""
 
@@ -141,6 +152,7 @@ class GatewayConfig:
     printsite: PrintSiteSection = field(default_factory=PrintSiteSection)
     forwarder: ForwarderSection = field(default_factory=ForwarderSection)
     pull: PullSection = field(default_factory=PullSection)
+    custody: CustodySection = field(default_factory=CustodySection)
     tenants: Mapping[str, TenantSection] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None
@@ -161,6 +173,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "printsite": PrintSiteSection,
     "forwarder": ForwarderSection,
     "pull": PullSection,
+    "custody": CustodySection,
 }
 
 
@@ -286,6 +299,7 @@ _POSITIVE = {
         "backoff_max_seconds",
         "connect_timeout_seconds",
     ),
+    "custody": ("overdue_days", "overwrite_passes"),
 }
 
 
