@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: demo test lint typecheck contracts pytest bench bench-forward clean
+.PHONY: demo test lint typecheck contracts pytest bench bench-forward compose-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ demo: $(STAMP)
 test: lint typecheck contracts pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check envelope custody client gateway tests bench demo
-	$(BIN)/ruff format --check envelope custody client gateway tests bench demo
+	$(BIN)/ruff check envelope custody client gateway tests bench demo tools deploy
+	$(BIN)/ruff format --check envelope custody client gateway tests bench demo tools deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -39,6 +39,10 @@ bench: $(STAMP)
 
 bench-forward: $(STAMP)
 	$(BIN)/python bench/forward.py $(ARGS)
+
+# Validate docker-compose.yml, Dockerfile and .dockerignore (no Docker engine needed).
+compose-check: $(STAMP)
+	$(BIN)/python -m tools.compose_check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

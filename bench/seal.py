@@ -51,15 +51,18 @@ def _wait(pid: int, name: str, started: float) -> Run:
     return Run(name, seconds, usage.ru_maxrss / 1024)
 
 
-def _spawn(name: str, argv: list[str], *, secret: str | None = None, cwd: Path) -> Run:
-    """Run argv; ``secret`` goes through a pipe whose fd replaces ``{fd}``."""
+STAFF_PASSWORD = "bench-handler-password"  # noqa: S105 -- the benchmark's own staff member
+
+
+def _spawn(name: str, argv: list[str], *, secrets: dict[str, str] | None = None, cwd: Path) -> Run:
+    """Run argv; each secret goes through its own pipe whose fd replaces ``{name}``."""
     pass_fds: tuple[int, ...] = ()
-    if secret is not None:
+    for placeholder, secret in (secrets or {}).items():
         read_end, write_end = os.pipe()
         os.write(write_end, secret.encode() + b"\n")
         os.close(write_end)
-        pass_fds = (read_end,)
-        argv = [a.replace("{fd}", str(read_end)) for a in argv]
+        pass_fds = (*pass_fds, read_end)
+        argv = [a.replace("{" + placeholder + "}", str(read_end)) for a in argv]
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, pass_fds=pass_fds, stdout=subprocess.DEVNULL)
     for fd in pass_fds:
@@ -182,24 +185,21 @@ def _bench(root: Path, size_mib: int) -> int:
     found = PASSPHRASE_RE.search(text)
     assert found
     secret = found.group(1)
+    gateway = [str(BIN / "lgwan-gateway"), "--config", "site/gateway.toml"]
+    subprocess.run([str(BIN / "lgwan-gateway"), "init", "--root", "site"], cwd=root, check=True)
+    staff = [*gateway, "staff", "add", "bench", "--role", "handler", "--password-fd", "{pw}"]
+    _spawn("staff add", staff, secrets={"pw": STAFF_PASSWORD}, cwd=root)
     opened = _spawn(
         "lgwan-gateway open",
-        [
-            str(BIN / "lgwan-gateway"),
-            "open",
-            str(envelope),
-            "--out",
-            "work",
-            "--passphrase-fd",
-            "{fd}",
-        ],
-        secret=secret,
+        [*gateway, "open", str(envelope), "--as", "bench", "--password-fd", "{pw}",
+         "--passphrase-fd", "{fd}", "--via", "hand"],
+        secrets={"fd": secret, "pw": STAFF_PASSWORD},
         cwd=root,
-    )
+    )  # fmt: skip
     runs.append(opened)
-    (released,) = (root / "work").glob("*/print.bin")
+    (released,) = (root / "site" / "work").glob("*/print.bin")
     assert _sha256(released) == original, "open did not round-trip"
-    shutil.rmtree(root / "work")
+    shutil.rmtree(root / "site")
 
     for wf, label in (("10", " (wf 10: streaming RSS)"), ("18", "")):
         enc, dec = f"envelope encrypt{label}", f"envelope decrypt{label}"

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from client import certificate, dvd_cli, identity, ledger_cli, sample, seal, send, status
 from client import config as config_mod
-from client import dvd_cli, identity, ledger_cli, sample, seal, send, status
 from client.errors import ClientError, UsageError
+from client.i18n import _, add_lang_argument, choose, install
 from client.ui import progress_bar
 from envelope import EnvelopeError
 
@@ -31,8 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Ward side of the LGWAN-ASP print-data exchange.")
-    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    parser = _Parser(prog=PROG, description=_("Ward side of the LGWAN-ASP print-data exchange."))
+    parser.add_argument("--config", metavar="FILE", help=_("configuration file (TOML)"))
+    add_lang_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create the ward's Ed25519 key pair")
@@ -64,6 +66,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
     p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
     p.set_defaults(run=_cmd_status)
+
+    p = sub.add_parser(
+        "verify-certificate",
+        help="check the print site's erasure certificate against the ledger and record it",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="<batch>.erasure.json")
+    p.set_defaults(run=_cmd_verify_certificate)
 
     ledger_cli.register(sub)
     dvd_cli.register(sub)
@@ -140,6 +149,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         for item in found:
             print(status.json_line(item))
+    notes = status.certificate_notes(found)
+    for note in notes:
+        if note.failed:
+            _error(note.message, note.hint)
+        else:
+            _note(note.message, note.hint)
     invalid = [item.batch_id for item in found if not item.valid]
     if invalid:
         _error(
@@ -147,7 +162,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "do not rely on these states; tell the contractor (the records are not signed "
             "by the pinned gateway.receipt_key for these batches)",
         )
-        return EXIT_FAILED
+    return EXIT_FAILED if invalid or any(note.failed for note in notes) else EXIT_OK
+
+
+def _cmd_verify_certificate(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    verified = certificate.verify_file(cfg, args.file)
+    print(certificate.summary(verified))
     return EXIT_OK
 
 
@@ -196,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
     """Parse, dispatch, and map every failure to one line on stderr and an exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    install(choose(words, os.environ))
     try:
-        args = build().parse_args(argv)
+        args = build().parse_args(words)
         code: int = args.run(args)
         return code
     except ClientError as exc:
@@ -207,7 +230,7 @@ def run(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None
         _error(str(exc), None)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        _error("interrupted; nothing was completed", None)
+        _error(_("interrupted; nothing was completed"), None)
         return 130
     except OSError as exc:
         _error(f"{exc.filename or 'I/O'}: {exc.strerror or exc}", None)
@@ -215,7 +238,13 @@ def run(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None
 
 
 def _error(message: str, hint: str | None) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: {_('error')}: {message}", file=sys.stderr)
+    if hint:
+        print(f"{_('hint')}: {hint}", file=sys.stderr)
+
+
+def _note(message: str, hint: str | None) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
 

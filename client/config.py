@@ -79,6 +79,14 @@ class DvdSection:
 
 
 @dataclass(frozen=True)
+class PrintSiteSection:
+    """The print site that erases the ward's batches: its pinned key, where certificates go."""
+
+    signing_key: str = ""
+    certificate_dir: str = "certificates"
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """The whole client configuration, with paths already resolved."""
 
@@ -88,6 +96,7 @@ class ClientConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
     dvd: DvdSection = field(default_factory=DvdSection)
+    printsite: PrintSiteSection = field(default_factory=PrintSiteSection)
     base_dir: Path = field(default_factory=Path.cwd)
     source: Path | None = None
 
@@ -107,6 +116,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "gateway": GatewaySection,
     "ledger": LedgerSection,
     "dvd": DvdSection,
+    "printsite": PrintSiteSection,
 }
 
 
@@ -182,6 +192,8 @@ def _checked(config: ClientConfig) -> ClientConfig:
         raise ConfigError(file, "dvd.serial_prefix", "must be ASCII letters and digits")
     if config.gateway.connect_timeout_seconds < 1:
         raise ConfigError(file, "gateway.connect_timeout_seconds", "must be at least 1")
+    if not config.printsite.certificate_dir.strip():
+        raise ConfigError(file, "printsite.certificate_dir", "must not be empty")
     check_private_key_mode(config.path(config.identity.private_key), file)
     return config
 

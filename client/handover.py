@@ -31,6 +31,7 @@ from client.errors import ClientError
 from client.ledger import (
     EVENT_DELIVERY,
     EVENT_DVD_CREATED,
+    EVENT_ERASURE_VERIFIED,
     EVENT_MEDIA_OUT,
     EVENT_MEDIA_RETURN,
     EVENT_NOTICE_OUT,
@@ -53,6 +54,7 @@ AUTOMATIC_EVENTS = {
     EVENT_SEALED: "lgwan-client seal",
     EVENT_SENT: "lgwan-client send",
     EVENT_DVD_CREATED: "lgwan-client dvd",
+    EVENT_ERASURE_VERIFIED: "lgwan-client verify-certificate",
 }
 """Events only the named command records; never by hand."""
 

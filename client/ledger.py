@@ -14,9 +14,10 @@ therefore needs the ward's private key; dropping entries at the end is the one
 change it cannot show by itself (there is no external checkpoint yet).
 
 Events are lower-case words with hyphens: ``sealed`` (by ``seal``), ``sent``
-(by ``send``) and ``repaired`` (a torn last line was cut off at open) now; the
-DVD and hand-over events (``media-out``, ``notice-out``, ``media-return`` …)
-use the same :meth:`Ledger.record`. An open :class:`Ledger` holds an exclusive
+(by ``send``), ``erasure-verified`` (by ``verify-certificate``) and ``repaired``
+(a torn last line was cut off at open); the DVD and hand-over events
+(``media-out``, ``notice-out``, ``media-return`` …) use the same
+:meth:`Ledger.record`. An open :class:`Ledger` holds an exclusive
 ``flock`` on the file, so a caller may read :meth:`Ledger.entries`, check its
 rules and then record, without another process writing in between.
 """
@@ -72,6 +73,8 @@ EVENT_NOTICE_RETURN = "notice-return"
 EVENT_DELIVERY = "delivery"
 EVENT_DVD_CREATED = "dvd-created"
 """The hand-over events, recorded by ``lgwan-client ledger record`` (rules: client.handover)."""
+EVENT_ERASURE_VERIFIED = "erasure-verified"
+"""A print site's erasure certificate verified (by ``lgwan-client verify-certificate``)."""
 EVENT_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 LOCK_TIMEOUT_SECONDS = 30.0

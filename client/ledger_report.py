@@ -81,6 +81,7 @@ EVENT_LABELS = {
     ledger.EVENT_MEDIA_RETURN: ("媒体返却", "disc returned"),
     ledger.EVENT_NOTICE_RETURN: ("通知書返却", "notice returned"),
     ledger.EVENT_DELIVERY: ("通知書納品", "notices delivered"),
+    ledger.EVENT_ERASURE_VERIFIED: ("消去確認", "erasure verified"),
 }
 METHOD_LABELS = {
     "hand": ("手渡し", "by hand"),
@@ -260,6 +261,15 @@ def _describe(event: str, e: Mapping[str, object]) -> tuple[str, str, str, str, 
             party,
             "LGWAN-ASP",
             ["受領証 (receipt)"],
+        )
+    if event == ledger.EVENT_ERASURE_VERIFIED:
+        sha = _str(e.get("certificate_sha256"))[:12]
+        return (
+            "データ消去証明書 検証",
+            f"{_num(e.get('items'))} 件",
+            "",
+            "",
+            [f"消去 (erased) {_str(e.get('erased_at'))}", f"SHA-256 {sha}…"],
         )
     if event == EVENT_DVD_CREATED:
         parts = e.get("parts") or len(_serials(event, e)) or 1

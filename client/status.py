@@ -9,6 +9,13 @@ key), lists ``/receipts`` (or looks for ``BATCH`` only), reads each batch's
 status record — or its receipt while it has none — and verifies it against the
 pinned ``gateway.receipt_key``.
 
+Once the print site has erased a batch (state ``erased``) the gateway also
+holds its signed erasure certificate ``<batch>.erasure.json``; ``status``
+downloads it (size-capped) into ``[printsite] certificate_dir`` and, with
+``[printsite] signing_key`` set, says whether it verifies
+(:mod:`client.certificate_store`). A certificate that does not verify, or one
+that differs from the copy saved earlier, makes the command fail (exit 1).
+
 A record only counts when it verifies **and** speaks about the batch whose name
 it is stored under, for this ward's tenant, signed by the pinned key: a record
 copied from another batch (a replay) is as invalid as a forged one. An invalid
@@ -23,7 +30,7 @@ the I/O; :func:`render_table` and :func:`json_line` format for people and tools.
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -33,9 +40,10 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from client import ledger, send, transfer
+from client import certificate, certificate_store, ledger, send, transfer
+from client.certificate_store import CertificateCopy
 from client.config import ClientConfig
-from client.errors import ClientError, UsageError
+from client.errors import ClientError, ConfigError, TemporaryError, UsageError
 from custody import (
     KIND_RECEIPT,
     KIND_STATUS,
@@ -49,10 +57,13 @@ from envelope.manifest import BATCH_ID_RE
 RECEIPTS = send.RECEIPTS
 RECEIPT_SUFFIX = send.RECEIPT_SUFFIX
 STATUS_SUFFIX = ".status.json"
+ERASURE_SUFFIX = certificate.CERTIFICATE_SUFFIX
 MAX_RECORD_BYTES = 64 << 10
 
 STATE_RECEIVED = "received"
 """The state of a batch with a valid receipt and no status record yet."""
+STATE_ERASED = "erased"
+"""The print site erased every copy and the gateway published its erasure certificate."""
 STATE_RE = re.compile(r"[a-z][a-z_]{0,31}")
 """Syntax of a state name (the gateway's states are lower-case words)."""
 STATUS_FIELDS = ("batch_id", "tenant", "state", "at", "reason", "seq", "gateway_key")
@@ -77,6 +88,8 @@ class BatchStatus:
     reason: str | None
     seq: int | None
     problem: str | None = None
+    certificate: CertificateCopy | None = None
+    """The batch's erasure certificate, when the gateway holds one."""
 
     @property
     def valid(self) -> bool:
@@ -186,10 +199,13 @@ def status(
 ) -> list[BatchStatus]:
     """Fetch and verify the ward's batches' records (or one batch's) from the gateway.
 
+    Erasure certificates the gateway holds are saved and checked on the way
+    (:func:`client.certificate_store.keep`); they never raise.
+
     Raises:
-        UsageError: ``batch`` is not a batch id. ConfigError: gateway settings
-        or key (78). TemporaryError: unreachable or dropped (75).
-        ClientError: refused, or ``batch`` unknown to the gateway (1).
+        UsageError: ``batch`` is not a batch id. ConfigError: gateway settings,
+        key or ``[printsite] signing_key`` (78). TemporaryError: unreachable
+        or dropped (75). ClientError: refused, or ``batch`` unknown to the gateway (1).
     """
     if batch is not None and not BATCH_ID_RE.fullmatch(batch):
         raise UsageError(
@@ -198,6 +214,8 @@ def status(
     endpoint, receipt_key = send.settings(config)
     setting = "--key" if key_path is not None else "identity.private_key"
     key = ledger.load_key(key_path or config.path(config.identity.private_key), setting)
+    printsite_key = certificate.printsite_key(config)
+    ward_key = key.public_key() if key_path is None else _ward_key(config)
     tenant = config.gateway.tenant
     with transfer.connect(endpoint, password(), key) as session:
         stored = {batch: _BOTH} if batch is not None else listing(_names(session))
@@ -208,8 +226,13 @@ def status(
                 record = session.read(f"{RECEIPTS}/{name}{STATUS_SUFFIX}", MAX_RECORD_BYTES)
             if record is None and RECEIPT_SUFFIX in suffixes:  # no state change stated yet
                 receipt = session.read(f"{RECEIPTS}/{name}{RECEIPT_SUFFIX}", MAX_RECORD_BYTES)
-            if receipt is not None or record is not None:
-                found.append(check(name, receipt, record, receipt_key, tenant))
+            if receipt is None and record is None:
+                continue
+            item = check(name, receipt, record, receipt_key, tenant)
+            if ERASURE_SUFFIX in suffixes or (batch is not None and item.state == STATE_ERASED):
+                copy = _certificate(session, config, name, printsite_key, ward_key)
+                item = replace(item, certificate=copy)
+            found.append(item)
     if batch is not None and not found:
         raise ClientError(
             f"the gateway has no record of batch {batch}",
@@ -219,6 +242,37 @@ def status(
 
 
 _BOTH = frozenset({STATUS_SUFFIX, RECEIPT_SUFFIX})
+_SUFFIXES = (*_BOTH, ERASURE_SUFFIX)
+
+
+def _certificate(
+    session: transfer.Session,
+    config: ClientConfig,
+    batch: str,
+    printsite_key: Ed25519PublicKey | None,
+    ward_key: Ed25519PublicKey | None,
+) -> CertificateCopy | None:
+    """Download ``<batch>.erasure.json`` (size-capped), save and check it; None when absent."""
+    path = f"{RECEIPTS}/{batch}{ERASURE_SUFFIX}"
+    try:
+        data = session.read(path, certificate.MAX_CERTIFICATE_BYTES)
+    except TemporaryError:
+        raise
+    except ClientError as exc:
+        target = certificate_store.target(config, batch)
+        return CertificateCopy(batch, target, certificate_store.CHECK_UNAVAILABLE, problem=str(exc))
+    if data is None:
+        return None
+    return certificate_store.keep(config, batch, data, printsite_key, ward_key)
+
+
+def _ward_key(config: ClientConfig) -> Ed25519PublicKey | None:
+    """The ward's own public key when ``--key`` logged in with another (None if unusable)."""
+    try:
+        path = config.path(config.identity.private_key)
+        return ledger.load_key(path, "identity.private_key").public_key()
+    except ConfigError:
+        return None
 
 
 def _names(session: transfer.Session) -> list[str]:
@@ -233,14 +287,14 @@ def _names(session: transfer.Session) -> list[str]:
 
 
 def listing(names: Iterable[str]) -> dict[str, frozenset[str]]:
-    """Batch id → which of its records (receipt, status suffixes) are among ``names``.
+    """Batch id → which of its records (receipt, status, erasure suffixes) are among ``names``.
 
-    Names that are not ``<batch-id>.receipt.json`` or ``<batch-id>.status.json``
-    are ignored.
+    Names that are not ``<batch-id>.receipt.json``, ``<batch-id>.status.json``
+    or ``<batch-id>.erasure.json`` are ignored.
     """
     found: dict[str, set[str]] = {}
     for name in names:
-        for suffix in _BOTH:
+        for suffix in _SUFFIXES:
             stem = name.removesuffix(suffix)
             if stem != name and BATCH_ID_RE.fullmatch(stem):
                 found.setdefault(stem, set()).add(suffix)
@@ -253,7 +307,14 @@ def format_time(moment: datetime | None) -> str:
 
 
 def as_dict(item: BatchStatus) -> dict[str, object]:
-    """The JSON form: times in JST ISO 8601, ``signature`` ``valid`` or ``invalid``."""
+    """The JSON form: times in JST ISO 8601, ``signature`` ``valid`` or ``invalid``.
+
+    ``certificate`` is the saved erasure certificate's path (null without one),
+    ``certificate_check`` one of ``valid``, ``invalid``, ``unchecked``,
+    ``conflict``, ``unavailable``, ``certificate_error`` why, and
+    ``certificate_ledger_seq`` its ``erasure-verified`` ledger entry once recorded.
+    """
+    copy = item.certificate
     return {
         "batch_id": item.batch_id,
         "state": item.state,
@@ -262,7 +323,58 @@ def as_dict(item: BatchStatus) -> dict[str, object]:
         "seq": item.seq,
         "signature": "valid" if item.valid else "invalid",
         "error": item.error,
+        "certificate": None if copy is None or not copy.readable else str(copy.path),
+        "certificate_check": None if copy is None else copy.check,
+        "certificate_error": None if copy is None else copy.problem,
+        "certificate_ledger_seq": None if copy is None else copy.ledger_seq,
     }
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line about a batch's erasure certificate, for stderr."""
+
+    failed: bool
+    message: str
+    hint: str | None = None
+
+
+def certificate_notes(items: Iterable[BatchStatus]) -> list[Note]:
+    """What to tell a person about the erasure certificates found (failures first).
+
+    A certificate already saved, verified and recorded in the ledger needs
+    nothing more and gets no note (the JSON lines still carry it).
+    """
+    copies = [item.certificate for item in items if item.certificate is not None]
+    notes = [_note(copy) for copy in copies if not _settled(copy)]
+    return sorted(notes, key=lambda note: not note.failed)
+
+
+def _settled(copy: CertificateCopy) -> bool:
+    valid = copy.check == certificate_store.CHECK_VALID
+    return valid and copy.ledger_seq is not None and not copy.saved
+
+
+def _note(copy: CertificateCopy) -> Note:
+    batch, path, problem = copy.batch_id, copy.path, copy.problem
+    run = f"run 'lgwan-client verify-certificate {path}'"
+    saved = f"{batch}: erasure certificate " + (f"saved as {path}" if copy.saved else f"{path}")
+    check = copy.check
+    if check == certificate_store.CHECK_VALID and copy.ledger_seq is not None:
+        return Note(False, f"{saved} verifies (recorded as ledger seq {copy.ledger_seq})")
+    if check == certificate_store.CHECK_VALID:
+        return Note(False, f"{saved} verifies", f"{run} to record it in the ledger")
+    if check == certificate_store.CHECK_UNCHECKED:
+        first = "set [printsite] signing_key, then " if "signing_key" in (problem or "") else ""
+        return Note(False, f"{saved} is not verified ({problem})", first + run)
+    if check == certificate_store.CHECK_CONFLICT:
+        return Note(True, f"{batch}: {problem}", certificate_store.CONFLICT_HINT)
+    if check == certificate_store.CHECK_UNAVAILABLE:
+        message = f"{batch}: the erasure certificate at the gateway cannot be read: {problem}"
+        return Note(True, message, "tell the contractor")
+    return Note(
+        True, f"{saved} does NOT verify: {problem}", "do not rely on it; tell the contractor"
+    )
 
 
 def json_line(item: BatchStatus) -> str:
@@ -298,6 +410,7 @@ _STYLES = {
     "failed_retrying": "yellow",
     "forwarded": "green",
     "pulled": "green",
+    "erased": "bold green",
 }
 
 

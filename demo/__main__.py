@@ -14,12 +14,10 @@ import argparse
 import shutil
 import sys
 import tempfile
-from datetime import datetime, timedelta
 from pathlib import Path
 
-from demo.scenario import Scenario, free_port, notice_line
-
-TENANT = "shinjuku"
+from demo import custody
+from demo.scenario import TENANT, Scenario, free_port, notice_line
 
 
 def main() -> int:
@@ -34,9 +32,11 @@ def main() -> int:
     try:
         _set_up_sites(scenario)
         batch = _ward_sends(scenario, args.records)
-        _print_site_opens(scenario, batch)
-        _dvd_path(scenario)
-        _audit(scenario)
+        custody.set_up_staff(scenario)
+        custody.print_site_handles(scenario, batch)
+        custody.ward_verifies(scenario, batch)
+        custody.dvd_path(scenario)
+        custody.audit(scenario)
         ok = True
     finally:
         scenario.stop_all()
@@ -48,12 +48,14 @@ def main() -> int:
 
 
 def _set_up_sites(s: Scenario) -> None:
-    """Both gateway roots, the ward's and the relay's keys, accounts, routes; start serving."""
+    """Both gateway roots, the ward's and the relay's keys, routes, accounts; start serving."""
     gw_port, ps_port = free_port(), free_port()
     s.run("gateway: init the LGWAN-ASP gateway", ["lgwan-gateway", "init", "--root", "gateway"])
     s.run("print site: init the print site", ["lgwan-gateway", "init", "--root", "print-site"])
     s.set_toml("gateway/gateway.toml", "server", "listen", f"127.0.0.1:{gw_port}")
     s.set_toml("print-site/gateway.toml", "server", "listen", f"127.0.0.1:{ps_port}")
+    # The demo polls the print site for erasure certificates every 2 s instead of every minute.
+    s.set_toml("gateway/gateway.toml", "forwarder", "rescan_seconds", 2)
     s.run(
         "ward: generate the ward's key pair",
         ["lgwan-client", "keygen", "--out", "ward/keys/ward_ed25519"],
@@ -61,6 +63,17 @@ def _set_up_sites(s: Scenario) -> None:
     s.run(
         "gateway: generate its relay key for forwarding",
         ["lgwan-client", "keygen", "--out", "gateway/keys/forward_ed25519"],
+    )
+    spool = (s.root / "print-site" / "spool").absolute()
+    s.append_toml("print-site/gateway.toml", f'\n[tenants.{TENANT}]\nforward = "file://{spool}"\n')
+    host_key = (s.root / "print-site/keys/ssh_host_ed25519_key.pub").read_text().strip()
+    receipt_key = (s.root / "print-site/keys/gateway_signing_ed25519.pub").read_text().strip()
+    s.append_toml(
+        "gateway/gateway.toml",
+        f"\n[tenants.{TENANT}]\n"
+        f'forward = "sftp://relay@127.0.0.1:{ps_port}/inbox"\n'
+        f'forward_key = "keys/forward_ed25519"\n'
+        f'host_key = "{host_key}"\nreceipt_key = "{receipt_key}"\n',
     )
     notice = s.root / "gateway" / "shinjuku-ward.credentials.pdf"
     s.run(
@@ -83,17 +96,6 @@ def _set_up_sites(s: Scenario) -> None:
          "--role", "forwarder", "--tenant", TENANT,
          "--pubkey", "gateway/keys/forward_ed25519.pub", "--allow", "127.0.0.1/32"],
     )  # fmt: skip
-    spool = (s.root / "print-site" / "spool").absolute()
-    s.append_toml("print-site/gateway.toml", f'\n[tenants.{TENANT}]\nforward = "file://{spool}"\n')
-    host_key = (s.root / "print-site/keys/ssh_host_ed25519_key.pub").read_text().strip()
-    receipt_key = (s.root / "print-site/keys/gateway_signing_ed25519.pub").read_text().strip()
-    s.append_toml(
-        "gateway/gateway.toml",
-        f"\n[tenants.{TENANT}]\n"
-        f'forward = "sftp://relay@127.0.0.1:{ps_port}/inbox"\n'
-        f'forward_key = "keys/forward_ed25519"\n'
-        f'host_key = "{host_key}"\nreceipt_key = "{receipt_key}"\n',
-    )
     s.serve("print site: serve (SFTP, forwards into its spool)", "print-site/gateway.toml")
     s.serve("gateway: serve (SFTP drop service + forwarder)", "gateway/gateway.toml")
 
@@ -128,101 +130,6 @@ def _ward_sends(s: Scenario, records: int) -> str:
     )
     print(f"    {status.strip()}")
     return batch
-
-
-def _print_site_opens(s: Scenario, batch: str) -> None:
-    """List the spool, open with the passphrase typed from the notice, compare."""
-    listing = s.run(
-        "print site: batches in the spool",
-        ["lgwan-gateway", "--config", "print-site/gateway.toml", "batches"],
-    )
-    print(f"    {listing.strip()[:160]}")
-    secret = notice_line(s.root / "ward" / "notices" / f"{batch}.notice.pdf", "Passphrase")
-    opened = s.run(
-        "print site: open with the passphrase from the paper notice",
-        ["lgwan-gateway", "--config", "print-site/gateway.toml", "open",
-         f"print-site/spool/{batch}.age", "--out", "print-site/work", "--passphrase-fd", "{fd}"],
-        secret=secret,
-    ).strip()  # fmt: skip
-    original = (s.root / "ward" / "kaigo_2026.csv").read_bytes()
-    if (Path(opened) / "kaigo_2026.csv").read_bytes() != original:
-        raise SystemExit("demo: the opened file differs from the sealed one")
-    print(f"    {len(original):,} bytes arrived byte-identical in {opened}")
-
-
-def _dvd_path(s: Scenario) -> None:
-    """A second batch on DVD: image, hand-overs on separate occasions, import, open."""
-    s.run(
-        "ward: 3,000 records for the DVD path",
-        ["lgwan-client", "sample", "--records", "3000", "--seed", "2", "--out", "ward/dvd.csv"],
-    )
-    batch = s.run(
-        "ward: seal the DVD batch",
-        ["lgwan-client", "--config", "ward/client.toml", "seal", "ward/dvd.csv",
-         "--notice-type", "KAIGO"],
-    ).strip()  # fmt: skip
-    notice = s.root / "ward" / "notices" / f"{batch}.notice.pdf"
-    s.documents.append(notice)
-    image = s.root / "ward" / "dvd" / f"{batch}.iso"
-    line = s.run(
-        "ward: DVD image (ISO 9660 + Joliet + UDF), read back and verified",
-        ["lgwan-client", "--config", "ward/client.toml", "dvd", batch, "--out", str(image)],
-    )
-    serial = line.split()[0]
-    now = datetime.now().astimezone().replace(microsecond=0)
-    common = ["lgwan-client", "--config", "ward/client.toml", "ledger", "record"]
-    s.run(
-        "ward ledger: disc handed over by hand from cabinet A",
-        [*common, "media-out", "--batch", batch, "--serial", serial, "--at", now.isoformat(),
-         "--to-org", "株式会社サンプル印刷", "--to-person", "山田 太郎", "--cabinet", "A",
-         "--carrier", "佐藤"],
-    )  # fmt: skip
-    s.run(
-        "ward ledger: the notice on the same occasion is refused",
-        [*common, "notice-out", "--batch", batch, "--method", "hand", "--carrier", "佐藤",
-         "--to-org", "株式会社サンプル印刷", "--to-person", "山田 太郎", "--cabinet", "B"],
-        expect_code=1,
-    )  # fmt: skip
-    later = (now + timedelta(minutes=3)).isoformat()
-    s.run(
-        "ward ledger: the notice by registered mail from cabinet B, on a later occasion",
-        [*common, "notice-out", "--batch", batch, "--method", "registered-mail",
-         "--tracking", "1234-5678-9012", "--at", later, "--to-org", "株式会社サンプル印刷",
-         "--to-person", "山田 太郎", "--cabinet", "B"],
-    )  # fmt: skip
-    report = s.root / "ward" / f"{batch}.kakuninsho.pdf"
-    s.run(
-        "ward ledger: print the 確認書 (hand-over record)",
-        ["lgwan-client", "--config", "ward/client.toml", "ledger", "report", batch,
-         "--out", str(report)],
-    )  # fmt: skip
-    s.documents.append(report)
-    s.run(
-        "print site: dvd-import the disc into the spool",
-        ["lgwan-gateway", "--config", "print-site/gateway.toml", "dvd-import", str(image),
-         "--tenant", TENANT],
-    )  # fmt: skip
-    s.run(
-        "print site: open the DVD batch with the mailed passphrase",
-        ["lgwan-gateway", "--config", "print-site/gateway.toml", "open",
-         f"print-site/spool/{batch}.age", "--out", "print-site/work", "--passphrase-fd", "{fd}"],
-        secret=notice_line(notice, "Passphrase"),
-    )  # fmt: skip
-
-
-def _audit(s: Scenario) -> None:
-    """Every log verifies: both audit logs and the ward's ledger."""
-    s.stop_all()
-    for site in ("gateway", "print-site"):
-        s.run(
-            f"{site}: audit verify",
-            ["lgwan-gateway", "--config", f"{site}/gateway.toml", "audit", "verify"],
-        )
-        s.logs.append(s.root / site / "audit" / "audit.jsonl")
-    s.run(
-        "ward: ledger verify", ["lgwan-client", "--config", "ward/client.toml", "ledger", "verify"]
-    )
-    s.logs.append(s.root / "ward" / "ledger" / "ledger.jsonl")
 
 
 if __name__ == "__main__":

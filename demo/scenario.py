@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+TENANT = "shinjuku"
+"""The ward's tenant name at the gateway."""
 _LISTENING = re.compile(r"^listening on (\S+):(\d+)$")
 
 
@@ -49,19 +51,27 @@ class Scenario:
         args: list[str],
         *,
         secret: str | None = None,
+        secrets: dict[str, str] | None = None,
         expect_code: int = 0,
         expect_in: str | None = None,
     ) -> str:
-        """Run one step; ``secret`` goes through a pipe whose fd replaces ``{fd}`` in args."""
+        """Run one step; each secret goes through its own pipe.
+
+        ``secret`` replaces ``{fd}`` in args; ``secrets`` maps other placeholders
+        (``{handler}``, ``{manager}`` …) to secrets. Never on argv, never in the environment.
+        """
         print(f"==> {title}", flush=True)
         started = time.monotonic()
-        pass_fds: tuple[int, ...] = ()
+        wanted = dict(secrets or {})
         if secret is not None:
+            wanted["fd"] = secret
+        pass_fds: tuple[int, ...] = ()
+        for name, value in wanted.items():
             read_end, write_end = os.pipe()
-            os.write(write_end, secret.encode("utf-8") + b"\n")
+            os.write(write_end, value.encode("utf-8") + b"\n")
             os.close(write_end)
-            pass_fds = (read_end,)
-            args = [a.replace("{fd}", str(read_end)) for a in args]
+            pass_fds = (*pass_fds, read_end)
+            args = [a.replace("{" + name + "}", str(read_end)) for a in args]
         try:
             done = subprocess.run(  # noqa: S603 - our own console scripts
                 [str(BIN / args[0]), *args[1:]],
@@ -129,12 +139,13 @@ class Scenario:
                     proc.kill()
                     proc.wait()
 
-    def set_toml(self, file: str, section: str, key: str, value: str) -> None:
-        """Set ``[section] key = "value"`` in a file ``init`` wrote (the key is present)."""
+    def set_toml(self, file: str, section: str, key: str, value: str | int) -> None:
+        """Set ``[section] key = value`` in a file ``init`` wrote (the key is present)."""
         path = self.root / file
         text = path.read_text(encoding="utf-8")
         pattern = rf"(?ms)(^\[{section}\]$.*?^{key} = )[^\n]*$"
-        text, count = re.subn(pattern, lambda m: m.group(1) + f'"{value}"', text, count=1)
+        literal = str(value) if isinstance(value, int) else f'"{value}"'
+        text, count = re.subn(pattern, lambda m: m.group(1) + literal, text, count=1)
         if count != 1:
             raise SystemExit(f"demo: no [{section}] {key} in {path}")
         path.write_text(text, encoding="utf-8")

@@ -52,6 +52,7 @@ from gateway.audit import AuditLog
 from gateway.credentials import (
     ClientConfig,
     CredentialNotice,
+    printsite_signing_key,
     render_credential_notice,
     write_client_config,
 )
@@ -416,6 +417,7 @@ def _client_config(s: _Session, name: str, tenant: str, private_key: str) -> Cli
         host_key=keys.public_key_to_openssh(host_key.public_key()),
         receipt_key=keys.public_key_to_openssh(s.signing_key.public_key()),
         private_key=private_key,
+        printsite_key=printsite_signing_key(s.cfg, tenant),
     )
 
 

@@ -79,7 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the log; print a one-line summary; AuditError (exit 1) naming the first bad record."""
     cfg = config_mod.load(args.config)
     log, checkpoints = cfg.path(cfg.audit.log), cfg.path(cfg.audit.checkpoints)
-    report = verify(log, checkpoints, _public_key(cfg, args.public_key))
+    report = verify(log, checkpoints, public_key(cfg, args.public_key))
     if not report.ok:
         raise AuditError(
             f"audit log {log} is not intact: {describe(report)}",
@@ -155,7 +155,7 @@ def _when(text: str | None, option: str) -> datetime | None:
     return when if when.utcoffset() is not None else when.astimezone()
 
 
-def _public_key(cfg: config_mod.GatewayConfig, explicit: Path | None) -> Ed25519PublicKey:
+def public_key(cfg: config_mod.GatewayConfig, explicit: Path | None) -> Ed25519PublicKey:
     """The key checkpoints must verify with (see the module docstring)."""
     if explicit is not None:
         try:

@@ -13,7 +13,10 @@ The password never goes into the PDF metadata, a log or an exception message.
 The client configuration (``user add --client-config-out``) holds no secret:
 the gateway's address, its pinned host key and receipt-signing key (OpenSSH
 public-key lines), the account and tenant, and where the ward keeps its
-private key. It travels with the notice so nobody types fingerprints.
+private key; and, when the tenant's route pins the print site's signing key
+(its ``receipt_key``, :func:`printsite_signing_key`), a ``[printsite]`` section
+with that key, which signs the erasure certificates the ward verifies. It
+travels with the notice so nobody types fingerprints.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from pathlib import Path
 from reportlab.lib.colors import Color, black
 from reportlab.pdfgen.canvas import Canvas
 
+from custody import keys
+from custody.errors import KeyFormatError
+from gateway.config import GatewayConfig
 from gateway.pdf import (
     GOTHIC,
     LATIN,
@@ -298,9 +304,17 @@ def _paragraph(
     return y
 
 
+CERTIFICATE_DIR = "certificates"
+"""Where the ward keeps the erasure certificates it fetched (``[printsite] certificate_dir``)."""
+
+
 @dataclass(frozen=True)
 class ClientConfig:
-    """The ``[identity]`` and ``[gateway]`` settings of an ``lgwan-client`` configuration."""
+    """The ``[identity]``, ``[gateway]`` and ``[printsite]`` settings of a client configuration.
+
+    ``printsite_key`` is the print site's pinned signing key; empty leaves the
+    ``[printsite]`` section out.
+    """
 
     host: str
     port: int
@@ -309,6 +323,24 @@ class ClientConfig:
     host_key: str
     receipt_key: str
     private_key: str
+    printsite_key: str = ""
+
+
+def printsite_signing_key(config: GatewayConfig, tenant: str) -> str:
+    """The print site's signing key pinned on ``tenant``'s route, as one OpenSSH line; or "".
+
+    That is the tenant table's ``receipt_key`` (for an sftp:// route it is the
+    print site's receipt key anyway; file:// and pull routes may pin one). A
+    value that is not one ``ssh-ed25519`` line counts as none (``serve``
+    refuses to start with it).
+    """
+    section = config.tenants.get(tenant)
+    if section is None or not section.receipt_key.strip():
+        return ""
+    try:
+        return keys.public_key_to_openssh(keys.load_public_key(section.receipt_key))
+    except KeyFormatError:
+        return ""
 
 
 def render_client_config(config: ClientConfig) -> str:
@@ -334,6 +366,15 @@ def render_client_config(config: ClientConfig) -> str:
         "# The gateway's SSH host key and receipt-signing key, pinned.",
         *(f"{key} = {toml_value(value)}" for key, value in gateway.items()),
     ]
+    if config.printsite_key:
+        lines += [
+            "",
+            "[printsite]",
+            "# The print site's signing key, pinned: it signs the erasure certificates",
+            "# (lgwan-client status fetches them, verify-certificate checks them).",
+            f"signing_key = {toml_value(config.printsite_key)}",
+            f"certificate_dir = {toml_value(CERTIFICATE_DIR)}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -17,23 +17,30 @@ exactly once at the destination.
 - ``sftp://…`` — ``gateway.relay.SftpDestination`` (paramiko lives there).
 
 :func:`make_destination` builds the one for a route, :func:`build_routes` every
-tenant's.
+tenant's. A destination that can also bring back the print site's erasure
+certificates is a :class:`CertificateSource` (file:// reads them from the
+spool, sftp:// from the print site's ``/receipts``); the route's pinned
+``receipt_key`` (:attr:`TenantRoute.certificate_key`) verifies them.
 """
 
 import errno
 import hashlib
 import io
 import os
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
-from custody import loads_record
-from custody.errors import CustodyError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from custody import keys, loads_record
+from custody.errors import CustodyError, KeyFormatError
+from gateway.certificates import MAX_CERTIFICATE_BYTES
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.policy import Area, NameKind, file_name
 from gateway.routes import Route, RouteKind, TenantSection, parse_route
 from gateway.spool import Spool, SpoolBusyError, SpoolConflictError, SpoolError
@@ -97,6 +104,24 @@ class Destination(Protocol):
 
         Raises:
             DeliveryError: it is not delivered (``retryable`` says whether to try again).
+        """
+        ...
+
+
+@runtime_checkable
+class CertificateSource(Protocol):
+    """A destination that can read back the print site's erasure certificates."""
+
+    def fetch_certificates(self, batch_ids: Sequence[str]) -> Mapping[str, bytes]:
+        """The ``<batch>.erasure.json`` files the print site holds for these batches.
+
+        Batches without one are left out. A file larger than
+        :data:`~gateway.certificates.MAX_CERTIFICATE_BYTES` is returned cut to
+        one byte more than that (so the check refuses it as too large).
+
+        Raises:
+            DeliveryError: the print site cannot be read now (``retryable`` says
+                whether trying again later may help).
         """
         ...
 
@@ -243,6 +268,65 @@ class FileDestination:
             raise DeliveryError(True, "io_error", f"{self._location}: {name}") from None
         return Delivery(f"{self._location}/{arrival.path.name}", arrival.sha256, already)
 
+    def fetch_certificates(self, batch_ids: Sequence[str]) -> Mapping[str, bytes]:
+        """``<spool>/<batch>.erasure.json`` of each batch that has one (:class:`CertificateSource`).
+
+        A symlink or anything but a regular file is never followed or read.
+
+        Raises:
+            DeliveryError: ``destination_missing`` (the share is not mounted) or
+                ``io_error`` (both retryable).
+        """
+        if not self.root.is_dir():
+            raise DeliveryError(
+                True, "destination_missing", f"{self._location} is not a directory (not mounted?)"
+            )
+        found: dict[str, bytes] = {}
+        for batch_id in batch_ids:
+            path = self.root / file_name(batch_id, NameKind.ERASURE)
+            try:
+                data = read_regular(path, MAX_CERTIFICATE_BYTES + 1)
+            except OSError as exc:
+                name = errno.errorcode.get(exc.errno or 0, "EIO")
+                raise DeliveryError(True, "io_error", f"{self._location}: {name}") from None
+            if data is not None:
+                found[batch_id] = data
+        return found
+
+
+def read_regular(path: Path, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of a regular file, never through a symlink; None when absent.
+
+    Symlinks, directories, FIFOs and the like count as absent: they are not
+    certificates, and opening them could block or escape the directory.
+
+    Raises:
+        OSError: the file exists but cannot be read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
 
 class PullDestination:
     """``pull``: the batch waits in its tenant's ``/outbox`` for the contractor."""
@@ -324,24 +408,42 @@ def make_destination(
 
 @dataclass(frozen=True)
 class TenantRoute:
-    """A tenant's configured route and its destination (None without a route)."""
+    """A tenant's configured route and its destination (None without a route).
+
+    ``certificate_key`` is the print site's pinned signing key (the table's
+    ``receipt_key``), which verifies its erasure certificates; None when the
+    table has none (file:// and pull routes may leave it empty: their batches
+    then never become ERASED here).
+    """
 
     route: Route
     section: TenantSection
     destination: Destination | None
+    certificate_key: Ed25519PublicKey | None = None
 
 
 def build_routes(config: GatewayConfig, storage: Storage) -> dict[str, TenantRoute]:
     """The destination of every ``[tenants.<name>]`` table.
 
     Raises:
-        ConfigError: a destination cannot be built (sftp:// keys).
+        ConfigError: a destination cannot be built (sftp:// keys), or a
+            ``receipt_key`` is not one ``ssh-ed25519`` line.
         ValueError: a route that does not parse (the config loader checked them).
     """
     routes: dict[str, TenantRoute] = {}
+    file = str(config.source) if config.source else "(defaults)"
     for tenant, section in config.tenants.items():
         route = parse_route(section.forward)
-        routes[tenant] = TenantRoute(
-            route, section, make_destination(route, section, config, storage)
-        )
+        destination = make_destination(route, section, config, storage)
+        key = _certificate_key(section.receipt_key, file, f"tenants.{tenant}.receipt_key")
+        routes[tenant] = TenantRoute(route, section, destination, key)
     return routes
+
+
+def _certificate_key(text: str, file: str, name: str) -> Ed25519PublicKey | None:
+    if not text.strip():
+        return None
+    try:
+        return keys.load_public_key(text)
+    except KeyFormatError as exc:
+        raise ConfigError(file, name, str(exc)) from None

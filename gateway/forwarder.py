@@ -20,6 +20,12 @@ retrying, data is never dropped; then the gateway's inbox copy is deleted
 (after ``retention_seconds``) and ``batch_deleted`` audited. A tenant without a
 route keeps its batches RECEIVED with ``incident_raised`` kind ``no_route``.
 
+At start-up and on every rescan the worker also looks for the print sites'
+erasure certificates of FORWARDED and PULLED batches
+(:class:`gateway.certificate_intake.CertificateIntake`); a batch whose
+certificate checks out becomes ERASED, and its inbox copy, if still retained,
+is deleted at once.
+
 Every transition is audited (``batch_state_changed``) and stated in a signed
 status record (:mod:`gateway.status`). Crash safety: a batch found FORWARDING
 at start-up was interrupted; it is recorded as FAILED_RETRYING
@@ -36,6 +42,7 @@ from typing import Any, Protocol
 
 from gateway import pipeline
 from gateway.audit import AuditLog, local_now
+from gateway.certificate_intake import CertificateIntake
 from gateway.config import GatewayConfig
 from gateway.destinations import (
     DeliveryError,
@@ -124,6 +131,11 @@ class Forwarder:
         self._queue = queue
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.certificates = CertificateIntake(
+            store, storage, status, audit, self._routes, clock=clock
+        )
+        """Erasure certificates: polled here, uploaded through :mod:`gateway.sftp_fs`."""
+        self._next_poll = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,6 +165,7 @@ class Forwarder:
             # The database is read after each wake-up: a notify that comes while it
             # is being read leaves the queue set, so the next wait returns at once.
             delay = self._guarded(self.run_once)
+            self._guarded(self._poll_when_due)
             timeout = float(self._cfg.rescan_seconds)
             if delay is None:
                 timeout = ERROR_PAUSE_SECONDS
@@ -167,6 +180,25 @@ class Forwarder:
         except Exception as exc:
             self._emit("forwarder_failed", error=f"{type(exc).__name__}: {exc}")
             return None
+
+    def _poll_when_due(self) -> float:
+        """Poll for erasure certificates at start-up and then once every rescan interval."""
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + float(self._cfg.rescan_seconds)
+            self.poll_certificates()
+        return 0.0
+
+    def poll_certificates(self) -> int:
+        """One certificate pass (:meth:`CertificateIntake.poll`); wake the worker to clear copies.
+
+        Returns:
+            How many certificates were published.
+        """
+        published = self.certificates.poll(self._stopping)
+        if published:
+            self._queue.notify("")
+        return published
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -446,7 +478,8 @@ class Forwarder:
     def confirm_pulled(self, batch_id: str, tenant: str, user: str) -> None:
         """A contractor confirmed it pulled and verified ``batch_id``: FORWARDED → PULLED.
 
-        Idempotent (a repeated confirmation of a PULLED batch is accepted).
+        Idempotent (a repeated confirmation of a PULLED batch is accepted, and so
+        is a late one for a batch the print site has erased already).
 
         Raises:
             PolicyError: no such batch in ``tenant``, or it is not waiting for a pull.
@@ -454,8 +487,8 @@ class Forwarder:
         batch = self._store.get_batch(batch_id)
         if batch is None or batch.tenant != tenant:
             raise PolicyError("not_permitted", "no such batch")
-        if batch.state is BatchState.PULLED:
-            return
+        if batch.state in (BatchState.PULLED, BatchState.ERASED):
+            return  # confirmed again, or erased (its certificate came first)
         route = self._routes.get(tenant)
         if batch.state is not BatchState.FORWARDED or route is None:
             raise PolicyError("not_permitted", "the batch is not waiting for a pull")

@@ -5,6 +5,11 @@ written only into a private temporary directory inside the output directory;
 the batch directory ``<out>/<batch>/`` appears (by one rename) only after the
 whole payload authenticated and every file matched the manifest. Any failure
 removes the temporary directory: nothing is left behind.
+
+Modes: every directory ``open`` creates is 0700 and every released file 0600,
+whatever the umask. The caller may look at the manifest before anything is
+extracted (``admit``): custody rules that need the batch id (erased? opened
+before?) refuse there, before a single plaintext byte is written.
 """
 
 import hashlib
@@ -29,6 +34,8 @@ _TEMP_PREFIX = ".opening-"
 _MAX_PADDING = 2 * tarfile.RECORDSIZE
 
 Progress = Callable[[int], None]
+Admit = Callable[[Manifest], None]
+"""Called with the authenticated manifest before extraction; raising refuses the batch."""
 
 
 class _Readable(Protocol):
@@ -55,16 +62,21 @@ def open_batch(
     max_work_factor: int,
     csv_encoding: str,
     progress: Progress | None = None,
+    admit: Admit | None = None,
 ) -> Opened:
     """Decrypt ``envelope_path`` into ``out_dir/<batch>/`` after full verification.
 
     Args:
         envelope_path: the sealed ``.age`` file.
-        out_dir: where the batch directory is created (made 0700 if missing).
+        out_dir: where the batch directory is created (it and any missing
+            parent made 0700).
         passphrase: the canonical passphrase (already checked for typos).
         max_work_factor: refuse envelopes asking for more scrypt work.
         csv_encoding: encoding used to recount CSV records.
         progress: called with ciphertext bytes consumed.
+        admit: called with the manifest once it has been read (and its batch id
+            matched the file name), before any file is extracted; whatever it
+            raises propagates and nothing is released.
 
     Returns:
         The manifest and the released directory.
@@ -72,19 +84,24 @@ def open_batch(
     Raises:
         OpenError: wrong passphrase, tampering, a manifest mismatch, an unsafe
             member, or an existing batch directory.
+        Exception: whatever ``admit`` raises.
     """
     try:
         source = envelope_path.open("rb")
     except OSError as exc:
         raise OpenError(f"{envelope_path}: cannot open: {exc.strerror}") from None
     out_dir = out_dir.absolute()
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out_dir))
+    try:
+        make_private_dir(out_dir)
+    except BaseException:
+        source.close()
+        raise
+    temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out_dir))  # 0700
     try:
         with source:
             counted = io.BufferedReader(_CountingReader(source, progress), _BLOCK)
             manifest, digests = _extract(
-                counted, passphrase, max_work_factor, temp, envelope_path, out_dir
+                counted, passphrase, max_work_factor, temp, envelope_path, out_dir, admit
             )
         _verify(temp, manifest, digests, csv_encoding)
         target = _free_target(out_dir, manifest)
@@ -102,6 +119,7 @@ def _extract(
     temp: Path,
     path: Path,
     out_dir: Path,
+    admit: Admit | None,
 ) -> tuple[Manifest, dict[str, str]]:
     """Decrypt and unpack into ``temp``.
 
@@ -113,6 +131,8 @@ def _extract(
         with tarfile.open(fileobj=reader, mode="r|", bufsize=_BLOCK) as tar:
             manifest = _read_manifest(tar)
             _check_name(path, manifest)
+            if admit is not None:
+                admit(manifest)
             _free_target(out_dir, manifest)
             expected = {f.name: f.size for f in manifest.files}
             digests: dict[str, str] = {}
@@ -129,6 +149,35 @@ def _extract(
     except (EnvelopeError, tarfile.TarError) as exc:
         raise OpenError(f"{path.name}: {_describe(exc)}; nothing was released") from None
     return manifest, digests
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` and any missing parent, each exactly mode 0700 (umask aside).
+
+    Existing directories are left as they are.
+
+    Raises:
+        OSError: a directory cannot be created (or a non-directory is in the way).
+    """
+    missing: list[Path] = []
+    current = directory.absolute()
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by someone else: not ours to chmod
+            continue
+        level.chmod(0o700)
+    if not directory.is_dir():
+        raise OpenError(f"{directory} is not a directory")
+
+
+def batch_of_name(path: Path) -> str | None:
+    """The batch id an envelope's file name claims (``<batch>.age``), or None."""
+    stem = path.name[: -len(AGE_SUFFIX)] if path.name.endswith(AGE_SUFFIX) else path.name
+    return stem if BATCH_ID_RE.fullmatch(stem) else None
 
 
 def _drain_padding(reader: _Readable) -> None:
@@ -230,8 +279,8 @@ def _verify(temp: Path, manifest: Manifest, digests: dict[str, str], encoding: s
 
 def _check_name(path: Path, manifest: Manifest) -> None:
     """An envelope named like a batch id must hold that batch (no swapped files)."""
-    stem = path.name[: -len(AGE_SUFFIX)] if path.name.endswith(AGE_SUFFIX) else path.name
-    if BATCH_ID_RE.fullmatch(stem) and stem != manifest.batch_id:
+    stem = batch_of_name(path)
+    if stem is not None and stem != manifest.batch_id:
         raise OpenError(
             f"{path.name} holds batch {manifest.batch_id}, not {stem}",
             hint="the file was renamed or swapped; ask the ward which batch this is",

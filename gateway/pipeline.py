@@ -12,12 +12,17 @@ A batch's life at the gateway (:data:`TRANSITIONS`)::
     FORWARDING       rejected    QUARANTINED
     FAILED_RETRYING  retry       FORWARDING
     FORWARDED        pulled      PULLED            (pull mode only)
+    FORWARDED        erased      ERASED            (the print site's erasure certificate)
+    PULLED           erased      ERASED
 
 - ``rejected``: the envelope check failed (or the gateway's copy no longer
   matches its receipt while being sent) — the file goes to quarantine and is
   never forwarded.
 - ``published``: pull mode; the batch is in the tenant's ``/outbox``, FORWARDED
   means "waiting for the contractor's pull", ``pulled`` follows its confirmation.
+- ``erased``: the print site erased every copy and its signed erasure
+  certificate checked out (:mod:`gateway.certificates`); it is published to
+  the ward as ``/receipts/<batch>.erasure.json``. ERASED is final.
 - ``failed``: the destination failed (down, refused, or holds a *different*
   batch under the same id — a conflict is an incident, never an overwrite); the
   batch is retried after a back-off, for ever (data is never dropped).
@@ -53,6 +58,8 @@ class BatchState(enum.Enum):
     """Not an acceptable envelope; moved out of every account's view, never forwarded."""
     FAILED_RETRYING = "failed_retrying"
     """The last delivery failed; another attempt is scheduled."""
+    ERASED = "erased"
+    """The print site erased every copy; its signed erasure certificate is in /receipts."""
 
 
 class Event(enum.Enum):
@@ -66,6 +73,7 @@ class Event(enum.Enum):
     FAILED = "failed"
     RETRY = "retry"
     PULLED = "pulled"
+    ERASED = "erased"
 
 
 S = BatchState
@@ -80,11 +88,15 @@ TRANSITIONS: Mapping[tuple[BatchState, Event], BatchState] = {
     (S.FORWARDING, E.REJECTED): S.QUARANTINED,
     (S.FAILED_RETRYING, E.RETRY): S.FORWARDING,
     (S.FORWARDED, E.PULLED): S.PULLED,
+    (S.FORWARDED, E.ERASED): S.ERASED,
+    (S.PULLED, E.ERASED): S.ERASED,
 }
 """Every allowed move: (state, event) → next state. Nothing else is allowed."""
 
-TERMINAL = frozenset({S.QUARANTINED, S.PULLED})
+TERMINAL = frozenset({S.QUARANTINED, S.ERASED})
 """States no event leaves."""
+DELIVERED = frozenset({S.FORWARDED, S.PULLED})
+"""States waiting for the print site's erasure certificate (``erased`` applies)."""
 IN_PROGRESS = frozenset({S.RECEIVED, S.VERIFIED, S.FORWARDING, S.FAILED_RETRYING})
 """States the forwarder still has work for."""
 
@@ -161,7 +173,7 @@ class Situation:
 
 def next_step(s: Situation) -> Step:
     """Decide the forwarder's next step for a batch in situation ``s``."""
-    if s.state in (S.FORWARDED, S.QUARANTINED, S.PULLED):
+    if s.state in (S.FORWARDED, S.QUARANTINED, S.PULLED, S.ERASED):
         return Step.NONE if s.copy_cleared else Step.CLEAR
     if s.state is S.FORWARDING:
         return Step.RESUME

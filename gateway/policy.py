@@ -8,13 +8,17 @@ Client paths ("virtual paths") arrive from outside and are hostile until
     /AREA/NAME             a file in it, NAME matching the area's pattern
 
 A ward account sees ``/inbox`` (``<batch>.age.part`` uploads, ``<batch>.age``
-completed ones) and ``/receipts`` (``<batch>.receipt.json`` and the signed
-status record ``<batch>.status.json``), read-only there; a forwarder
+completed ones) and ``/receipts`` (``<batch>.receipt.json``, the signed
+status record ``<batch>.status.json`` and the print site's signed erasure
+certificate ``<batch>.erasure.json``), read-only there; a forwarder
 account (another gateway delivering to this print site) sees exactly what a
 ward sees and may do the same. A contractor account sees ``/outbox``
 (``<batch>.age`` and its ``<batch>.receipt.json``): it may read both, and
 removing ``<batch>.age`` is its confirmation that the batch was pulled and
-verified (:func:`check_pull_confirmation`). Nothing else exists for them.
+verified (:func:`check_pull_confirmation`). It may also create
+``/outbox/<batch>.erasure.json`` once — its print site's erasure certificate,
+checked when the file is closed (:func:`check_certificate_upload`) — and read
+it back. Nothing else exists for them.
 
 Refusals carry a short ``reason`` (snake_case) for the audit log. This module
 does no I/O: it never sees a disk path (see :mod:`gateway.storage`).
@@ -38,6 +42,7 @@ AGE_SUFFIX = ".age"
 PART_SUFFIX = ".age.part"
 RECEIPT_SUFFIX = ".receipt.json"
 STATUS_SUFFIX = ".status.json"
+ERASURE_SUFFIX = ".erasure.json"
 
 MAX_PATH_BYTES = 1024
 """Longest virtual path accepted, in UTF-8 bytes."""
@@ -67,6 +72,8 @@ class NameKind(enum.Enum):
     """``<batch>.receipt.json``: the gateway's signed receipt."""
     STATUS = "status"
     """``<batch>.status.json``: the gateway's signed statement of the batch's latest state."""
+    ERASURE = "erasure"
+    """``<batch>.erasure.json``: the print site's signed erasure certificate."""
 
 
 AREAS_BY_ROLE: dict[str, tuple[Area, ...]] = {
@@ -76,15 +83,24 @@ AREAS_BY_ROLE: dict[str, tuple[Area, ...]] = {
 }
 NAME_KINDS_BY_AREA: dict[Area, tuple[NameKind, ...]] = {
     Area.INBOX: (NameKind.PART, NameKind.COMPLETE),
-    Area.RECEIPTS: (NameKind.RECEIPT, NameKind.STATUS),
-    Area.OUTBOX: (NameKind.COMPLETE, NameKind.RECEIPT),
+    Area.RECEIPTS: (NameKind.RECEIPT, NameKind.STATUS, NameKind.ERASURE),
+    Area.OUTBOX: (NameKind.COMPLETE, NameKind.RECEIPT, NameKind.ERASURE),
 }
 _SUFFIX_OF_KIND = {
     NameKind.PART: PART_SUFFIX,
     NameKind.COMPLETE: AGE_SUFFIX,
     NameKind.RECEIPT: RECEIPT_SUFFIX,
     NameKind.STATUS: STATUS_SUFFIX,
+    NameKind.ERASURE: ERASURE_SUFFIX,
 }
+
+_CLASSIFY_ORDER = (
+    NameKind.PART,
+    NameKind.RECEIPT,
+    NameKind.STATUS,
+    NameKind.ERASURE,
+    NameKind.COMPLETE,
+)
 
 
 class Op(enum.Enum):
@@ -103,11 +119,13 @@ _UPLOADER_PERMISSIONS: dict[tuple[Area, NameKind], frozenset[Op]] = {
     (Area.INBOX, NameKind.COMPLETE): frozenset({Op.STAT}),
     (Area.RECEIPTS, NameKind.RECEIPT): frozenset({Op.STAT, Op.READ}),
     (Area.RECEIPTS, NameKind.STATUS): frozenset({Op.STAT, Op.READ}),
+    (Area.RECEIPTS, NameKind.ERASURE): frozenset({Op.STAT, Op.READ}),
 }
 _FILE_PERMISSIONS: dict[tuple[str, Area, NameKind], frozenset[Op]] = {
     **{(role, *key): ops for role in UPLOADER_ROLES for key, ops in _UPLOADER_PERMISSIONS.items()},
     (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.COMPLETE): frozenset({Op.STAT, Op.READ, Op.REMOVE}),
     (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.RECEIPT): frozenset({Op.STAT, Op.READ}),
+    (ROLE_CONTRACTOR, Area.OUTBOX, NameKind.ERASURE): frozenset({Op.STAT, Op.READ, Op.WRITE}),
 }
 _DIRECTORY_OPS = frozenset({Op.LIST, Op.STAT})
 
@@ -164,7 +182,7 @@ ROOT = VirtualPath()
 
 def name_kind(name: str) -> NameKind | None:
     """Classify a file name by its pattern; None when it matches none."""
-    for kind in (NameKind.PART, NameKind.RECEIPT, NameKind.STATUS, NameKind.COMPLETE):
+    for kind in _CLASSIFY_ORDER:
         suffix = _SUFFIX_OF_KIND[kind]
         if name.endswith(suffix) and BATCH_ID_RE.fullmatch(name[: -len(suffix)]):
             return kind
@@ -294,6 +312,19 @@ def check_pull_confirmation(role: str, path: VirtualPath) -> str | None:
         any other removal (judged by :func:`check` as usual).
     """
     if role == ROLE_CONTRACTOR and path.area is Area.OUTBOX and path.kind is NameKind.COMPLETE:
+        return path.batch_id
+    return None
+
+
+def check_certificate_upload(role: str, path: VirtualPath) -> str | None:
+    """Whether writing ``path`` is a contractor's upload of an erasure certificate.
+
+    Returns:
+        The batch id for a contractor writing ``/outbox/<batch>.erasure.json``
+        (create-once, checked when closed); None for any other write (judged
+        by :func:`check` as usual).
+    """
+    if role == ROLE_CONTRACTOR and path.area is Area.OUTBOX and path.kind is NameKind.ERASURE:
         return path.batch_id
     return None
 

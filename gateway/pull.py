@@ -17,6 +17,17 @@ and, for every ``/outbox/<batch>.age``, in batch-id order:
    downloaded again, a different one is a conflict;
 5. confirms by removing ``/outbox/<batch>.age``: the gateway then marks the
    batch PULLED and deletes its copy. Nothing is confirmed before step 4 succeeded.
+   A batch erased here already (``<spool>/<batch>.erasure.json``) is confirmed
+   without being downloaded again.
+
+Then it hands back the erasure certificates: every ``<spool>/<batch>.erasure.json``
+(written by ``lgwan-gateway erase``) of a batch that arrived from *this* gateway
+(its arrival record's ``source.gateway_key`` is the pinned receipt key's, and its
+tenant is ``[pull] tenant`` when set) that ``/outbox`` does not list yet is
+uploaded as ``/outbox/<batch>.erasure.json``. The gateway checks it when the file
+is closed and keeps it there only when it published it (batch ERASED), so the
+certificate is read back: present and identical means accepted (an upload that
+fails because an identical file is there is done too); absent means refused.
 
 Names from the gateway are hostile until checked: only ``<batch-id>.age``
 names are acted on (:func:`gateway.policy.batch_of`).
@@ -35,8 +46,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from custody import fingerprint
+from custody.canonical import parse_json_strict
+from custody.errors import CustodyError
 from gateway import policy
+from gateway.certificates import MAX_CERTIFICATE_BYTES
 from gateway.config import GatewayConfig
+from gateway.destinations import read_regular
 from gateway.errors import ConfigError, GatewayError
 from gateway.policy import NameKind
 from gateway.relay import (
@@ -55,6 +71,8 @@ OUTBOX = "/outbox"
 EXIT_TEMPORARY = 75
 STAGING_DIR = ".pull"
 """Staging directory inside the spool (hidden: the spool ignores dot names)."""
+ARRIVAL_SUFFIX = ".arrival.json"
+MAX_ARRIVAL_BYTES = 64 * 1024
 
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 """``progress(label, total_bytes)``: a context yielding a callback that advances by bytes."""
@@ -77,6 +95,8 @@ class PullReport:
 
     pulled: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    certificates: list[str] = field(default_factory=list)
+    """Batches whose erasure certificate the gateway accepted in this run."""
 
 
 def settings(config: GatewayConfig) -> PullSettings:
@@ -139,6 +159,7 @@ def pull(config: PullSettings, password: str, *, progress: Progress | None = Non
                 report.refused[batch_id] = f"{batch_id}: spool: {exc}; not confirmed"
             else:
                 report.pulled.append(batch_id)
+        upload_certificates(link, config, listing, report)
     return report
 
 
@@ -157,7 +178,10 @@ def _pull_one(
         raise _refused(batch_id, f"/outbox holds {listed} bytes, the receipt says {size}", "size")
     spool = Spool(config.spool)
     present = spool.get(batch_id)
-    if present is None:
+    erased = os.path.lexists(config.spool / policy.file_name(batch_id, NameKind.ERASURE))
+    if present is None and erased:
+        pass  # delivered and erased here before: confirm, never bring the envelope back
+    elif present is None:
         staged = _download(link, config.spool, batch_id, size, sha256, progress)
         with staged.open("rb") as source:
             spool.deliver(
@@ -208,6 +232,84 @@ def _download(
         staged.unlink(missing_ok=True)
         raise _refused(batch_id, "the download does not match the signed receipt", "sha256")
     return staged
+
+
+def upload_certificates(
+    link: Link, config: PullSettings, listing: dict[str, int], report: PullReport
+) -> None:
+    """Upload this gateway's batches' erasure certificates not yet in ``/outbox`` (module doc).
+
+    Accepted ones go to ``report.certificates``, refused ones to ``report.refused``.
+
+    Raises:
+        LinkError: the connection dropped (retryable).
+    """
+    gateway_key = fingerprint(config.receipt_key)
+    try:
+        names = sorted(e.name for e in os.scandir(config.spool) if e.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return
+    for name in names:
+        batch_id = policy.batch_of(name)
+        if batch_id is None or policy.name_kind(name) is not NameKind.ERASURE:
+            continue
+        if not _from_gateway(config, batch_id, gateway_key):
+            continue
+        data = read_regular(config.spool / name, MAX_CERTIFICATE_BYTES + 1)
+        if data is None:
+            continue
+        if name in listing and listing[name] == len(data):
+            continue  # the gateway acknowledged it on an earlier run
+        try:
+            if len(data) > MAX_CERTIFICATE_BYTES:
+                raise _refused(batch_id, "the erasure certificate is too large", "too_large")
+            _upload_certificate(link, batch_id, f"{OUTBOX}/{name}", data, name in listing)
+        except LinkError as exc:
+            if exc.retryable and not link.active:
+                raise
+            report.refused[batch_id] = str(exc)
+        else:
+            report.certificates.append(batch_id)
+
+
+def _upload_certificate(link: Link, batch_id: str, path: str, data: bytes, listed: bool) -> None:
+    """Upload one certificate (unless listed) and read it back: there and identical, or refused."""
+    failure: LinkError | None = None
+    if not listed:
+        try:
+            link.upload(path, iter((data,)), offset=0)
+        except LinkError as exc:
+            if not link.active:
+                raise
+            failure = exc  # perhaps an identical one is there already: read it back
+    there = link.read_small(path, MAX_CERTIFICATE_BYTES)
+    if there is None:
+        why = f": {failure}" if failure is not None else " (see its audit log)"
+        raise LinkError(
+            f"{batch_id}: the gateway refused the erasure certificate{why}",
+            reason="certificate_refused",
+            retryable=False,
+            hint="tell the gateway's operator: its tenant route must pin this print site's "
+            "signing key as receipt_key",
+        )
+    if there != data:
+        raise _refused(batch_id, "the gateway holds a different erasure certificate", "conflict")
+
+
+def _from_gateway(config: PullSettings, batch_id: str, gateway_key: str) -> bool:
+    """Whether the spool's arrival record says the batch came from this gateway (and tenant)."""
+    try:
+        raw = read_regular(config.spool / f"{batch_id}{ARRIVAL_SUFFIX}", MAX_ARRIVAL_BYTES)
+        doc = parse_json_strict(raw, max_bytes=MAX_ARRIVAL_BYTES) if raw is not None else None
+    except (OSError, CustodyError):
+        return False
+    if not isinstance(doc, dict) or doc.get("channel") != "lgwan":
+        return False
+    source = doc.get("source")
+    tenant = doc.get("tenant")
+    if config.tenant and tenant != config.tenant:
+        return False
+    return isinstance(source, dict) and source.get("gateway_key") == gateway_key
 
 
 def _hash_file(handle: io.BufferedRandom, length: int, digest: hashlib._Hash) -> None:

@@ -3,7 +3,9 @@
 Run at the print site with its ``gateway.toml`` (``[pull]``, ``[printsite] spool``).
 The contractor account's password comes from a terminal prompt or ``--password-fd``
 (never argv). Prints the id of each batch pulled (and confirmed) on stdout, one a
-line; each refused batch gets an ``error:`` line on stderr.
+line, then ``<batch>.erasure.json`` for each erasure certificate the gateway
+accepted in this run (see :mod:`gateway.pull`); each refused batch or
+certificate gets an ``error:`` line on stderr.
 
 Exit status: 0 every batch in ``/outbox`` pulled (or nothing to pull); 75 the
 gateway is unreachable or the connection dropped (run again: downloads resume);
@@ -43,11 +45,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     report = pull.pull(settings, password, progress=progress_bar)
     for batch_id in report.pulled:
         print(batch_id, flush=True)
+    for batch_id in report.certificates:
+        print(f"{batch_id}.erasure.json", flush=True)
     for reason in report.refused.values():
         print(f"lgwan-gateway: error: {reason}", file=sys.stderr)
     if report.refused:
         raise GatewayError(
-            f"{len(report.refused)} batch(es) were not pulled",
-            hint="they stay in the gateway's /outbox; tell the gateway's operator",
+            f"{len(report.refused)} batch(es) or erasure certificate(s) were not accepted",
+            hint="batches stay in the gateway's /outbox and certificates in the spool "
+            "(sent again on the next pull); tell the gateway's operator",
         )
     return EXIT_OK

@@ -3,16 +3,21 @@
 Split out of :mod:`gateway.relay` (which re-exports :class:`SftpDestination`); the
 protocol is described in that module's docstring. paramiko is not imported here:
 the SSH/SFTP client side is :class:`gateway.relay.Link`.
+
+The same kept connection reads back the print site's erasure certificates,
+``/receipts/<batch>.erasure.json`` (the forwarder account may read them there):
+:meth:`SftpDestination.fetch_certificates`, one login for all of a pass's batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+from gateway.certificates import MAX_CERTIFICATE_BYTES, certificate_file_name
 from gateway.config import GatewayConfig
 from gateway.destinations import Delivery, DeliveryError, SourceChangedError
 from gateway.errors import ConfigError
@@ -35,6 +40,8 @@ from gateway.relay import (
 )
 from gateway.routes import Route, TenantSection
 from gateway.state import BatchRecord
+
+T = TypeVar("T")
 
 # -- the sftp:// destination --------------------------------------------------------------------
 
@@ -84,6 +91,25 @@ class SftpDestination:
             DeliveryError: retryable (down, dropped, busy, full) or not (host key,
                 login, receipt invalid, ``conflict``, ``source_changed``).
         """
+        return self._over_link(lambda link: self._deliver(link, batch, source))
+
+    def fetch_certificates(self, batch_ids: Sequence[str]) -> Mapping[str, bytes]:
+        """The print site's ``/receipts/<batch>.erasure.json`` of each batch that has one.
+
+        One connection (the kept one) and one listing of ``/receipts`` for all of
+        them (so the print site's audit log is not filled with refused opens). A file larger than
+        :data:`~gateway.certificates.MAX_CERTIFICATE_BYTES` comes back cut to one
+        byte more than that, for the check to refuse.
+
+        Raises:
+            DeliveryError: the print site cannot be reached or refused (as :meth:`deliver`).
+        """
+        if not batch_ids:
+            return {}
+        return self._over_link(lambda link: _fetch(link, batch_ids))
+
+    def _over_link(self, work: Callable[[Link], T]) -> T:
+        """Run ``work`` over the kept connection (opened, or replaced once when found dead)."""
         with self._lock:
             for attempt in range(2):
                 reused = self._link is not None and self._link.active
@@ -92,7 +118,7 @@ class SftpDestination:
                         self._close_link()
                         self._link = connect(self._peer, self._key)
                     assert self._link is not None
-                    return self._deliver(self._link, batch, source)
+                    return work(self._link)
                 except LinkError as exc:
                     self._close_link()
                     if reused and attempt == 0 and exc.reason == "connection_lost":
@@ -175,6 +201,28 @@ class SftpDestination:
             f"sftp://{self._peer.user}@{self._peer.address}{self._inbox}/{batch.batch_id}{AGE}"
         )
         return Delivery(location=location, sha256=batch.sha256, already=already)
+
+
+def _fetch(link: Link, batch_ids: Sequence[str]) -> dict[str, bytes]:
+    """Read the certificates listed in the print site's /receipts (one listing, no blind opens)."""
+    present = link.listdir(RECEIPTS)
+    found: dict[str, bytes] = {}
+    for batch_id in batch_ids:
+        name = certificate_file_name(batch_id)
+        if name not in present:
+            continue
+        path = f"{RECEIPTS}/{name}"
+        try:
+            data = link.read_small(path, MAX_CERTIFICATE_BYTES)
+        except LinkError as exc:
+            if exc.reason != "receipt_invalid":  # anything but "too large"
+                raise
+            chunks: list[bytes] = []
+            link.download(path, chunks.append, offset=0, size=MAX_CERTIFICATE_BYTES + 1)
+            data = b"".join(chunks)
+        if data is not None:
+            found[batch_id] = data
+    return found
 
 
 def _hash_prefix(stream: BinaryIO, length: int, digest: Any) -> None:

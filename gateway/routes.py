@@ -9,6 +9,13 @@ A tenant's ``forward`` is one of:
   ``lgwan-gateway pull``;
 - empty — nothing is forwarded: batches stay RECEIVED and an incident is raised.
 
+``receipt_key`` pins the print site's Ed25519 signing key (``ssh-ed25519 AAAA…``):
+for ``sftp://`` it is required (it signs the print site's receipts); for
+``file://`` and ``pull`` it is optional and verifies the print site's erasure
+certificates (:mod:`gateway.certificate_intake`) — without it those batches
+never become ERASED at this gateway. ``user add --client-config-out`` copies it
+into the ward's ``[printsite] signing_key``.
+
 Any other scheme is a configuration error at start-up (exit 78).
 """
 
@@ -40,6 +47,7 @@ class TenantSection:
     forward_key: str = "keys/forward_ed25519"
     host_key: str = ""
     receipt_key: str = ""
+    """The print site's signing key (receipts for sftp://; erasure certificates for all)."""
     max_attempts: int = 12
     max_age_minutes: int = 120
 

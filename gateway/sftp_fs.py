@@ -12,6 +12,15 @@ login and channel decisions and starts :class:`_SFTPServer` for the ``sftp`` sub
   hook (from the composition root) records that; only after it returns are the
   outbox's envelope and receipt copy deleted. Without a hook the removal is
   refused, and a hook that raises refuses it too (the files stay).
+- Erasure certificates (pull mode): a contractor may create
+  ``/outbox/<batch>.erasure.json`` once. The bytes are held in memory
+  (at most :data:`~gateway.certificates.MAX_CERTIFICATE_BYTES`) and nothing is
+  stored until the client closes the file; then the forwarder's
+  :meth:`~gateway.certificate_intake.CertificateIntake.accept_upload` checks and
+  publishes it, and the close is answered with the outcome — an invalid
+  certificate gets an SFTP failure and is never stored (audited
+  ``erasure_certificate_rejected``, incident raised once). A session that ends
+  without closing the file stores nothing.
 """
 
 import os
@@ -20,9 +29,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_NAME, CMD_REALPATH
+from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_NAME, CMD_REALPATH
 
 from gateway import policy
+from gateway.certificates import MAX_CERTIFICATE_BYTES, CertificateError
 from gateway.policy import Area, NameKind, Op, PolicyError, VirtualPath
 from gateway.receipts import CompletionError
 from gateway.storage import StorageError, StoredFile, Upload
@@ -64,6 +74,8 @@ def _to_sftp_code(exc: BaseException) -> _Status:
     if isinstance(exc, CompletionError):
         code = SFTP_PERMISSION_DENIED if exc.refused else SFTP_FAILURE
         return _Status(code, str(exc))
+    if isinstance(exc, CertificateError):
+        return _Status(SFTP_FAILURE, f"erasure certificate refused: {exc}")
     if isinstance(exc, StorageError):
         if exc.reason == "not_found":
             return _Status(SFTP_NO_SUCH_FILE, str(exc))
@@ -116,7 +128,7 @@ class _SFTPServer(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is unt
                 self._realpath(request_number, msg)
             elif t == CMD_EXTENDED:
                 self._extended(request_number, msg)
-            else:
+            elif t != CMD_CLOSE or not self._close_certificate(request_number, msg):
                 super()._process(t, request_number, msg)
         except UnicodeDecodeError:
             sftp: _SFTP = self.server
@@ -134,6 +146,22 @@ class _SFTPServer(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is unt
             self._send_status(request_number, resolved)
         else:
             self._response(request_number, CMD_NAME, 1, resolved, "", paramiko.SFTPAttributes())
+
+    def _close_certificate(self, request_number: int, msg: paramiko.Message) -> bool:
+        """CLOSE of an uploaded certificate: answer with its outcome (paramiko always says OK).
+
+        Returns:
+            False for any other handle (the message is rewound for paramiko).
+        """
+        handle = msg.get_binary()
+        target = self.file_table.get(handle)
+        if not isinstance(target, _CertificateHandle):
+            msg.rewind()
+            msg.get_int()  # the request number, already read
+            return False
+        del self.file_table[handle]
+        self._send_status(request_number, target.commit())
+        return True
 
     def _extended(self, request_number: int, msg: paramiko.Message) -> None:
         sftp: _SFTP = self.server
@@ -272,11 +300,13 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
         self.audit("sftp_opened", path=str(vpath), mode="read", file_size_bytes=reader.size)
         return _ReadHandle(self, vpath, reader)
 
-    def _open_write(self, vpath: VirtualPath, flags: int) -> "_WriteHandle":
+    def _open_write(self, vpath: VirtualPath, flags: int) -> "_WriteHandle | _CertificateHandle":
         policy.check(self.role, Op.WRITE, vpath)
         batch_id = vpath.batch_id
         if vpath.name is None or batch_id is None:
             raise PolicyError("not_permitted", "not a file")
+        if policy.check_certificate_upload(self.role, vpath) is not None:
+            return self._open_certificate(vpath, batch_id, flags)
         self.gateway.completer.check_new_upload(self.tenant, batch_id)
         upload = self.gateway.storage.open_upload(
             self.tenant,
@@ -289,6 +319,30 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
             "sftp_opened", path=str(vpath), batch=batch_id, mode="write", offset_bytes=upload.size
         )
         return _WriteHandle(self, vpath, upload, append=bool(flags & os.O_APPEND))
+
+    def _open_certificate(
+        self, vpath: VirtualPath, batch_id: str, flags: int
+    ) -> "_CertificateHandle":
+        """Open ``/outbox/<batch>.erasure.json`` for its one upload (see the module docstring).
+
+        Raises:
+            PolicyError: not a creation, or no certificate is taken for this batch.
+            StorageError: it was uploaded already (``exists``: an SFTP failure).
+        """
+        if not flags & os.O_CREAT:
+            raise PolicyError(
+                "not_permitted", "an erasure certificate is created once, not changed"
+            )
+        self.gateway.forwarder.certificates.check_upload(self.tenant, batch_id)
+        if self.gateway.storage.exists(self.tenant, Area.OUTBOX, vpath.name or ""):
+            raise StorageError("exists", "the erasure certificate was uploaded already")
+        self.audit("sftp_opened", path=str(vpath), batch=batch_id, mode="write", offset_bytes=0)
+        return _CertificateHandle(self, vpath, batch_id)
+
+    def accept_certificate(self, batch_id: str, data: bytes) -> None:
+        """A certificate upload was closed: check and publish it (raises when refused)."""
+        intake = self.gateway.forwarder.certificates
+        intake.accept_upload(self.tenant, self.user, batch_id, data)
 
     def remove(self, path: str) -> int:
         try:
@@ -450,6 +504,55 @@ class _WriteHandle(_Handle):
             self.upload.close()
         finally:
             self.finish(self.upload.size)
+
+
+class _CertificateHandle(_Handle):
+    """An erasure certificate being uploaded: held in memory, judged on close."""
+
+    mode = "write"
+
+    def __init__(self, sftp: _SFTP, vpath: VirtualPath, batch_id: str) -> None:
+        super().__init__(sftp, vpath)
+        self.batch_id = batch_id
+        self.data = bytearray()
+
+    def write(self, offset: int, data: bytes) -> int:
+        try:
+            if offset < 0 or offset > len(self.data):
+                raise StorageError("hole", "writes must continue from the stored size")
+            if offset + len(data) > MAX_CERTIFICATE_BYTES:
+                raise StorageError(
+                    "upload_too_large",
+                    f"an erasure certificate is at most {MAX_CERTIFICATE_BYTES} bytes",
+                )
+            self.data[offset : offset + len(data)] = data
+            self.moved += len(data)
+            return SFTP_OK
+        except Exception as exc:
+            return self.fail("write", exc)
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        return _attributes(
+            self.vpath.name or "", _MODES[NameKind.PART], len(self.data), time.time()
+        )
+
+    def commit(self) -> int:
+        """The client closed the file: check and publish the certificate; the status to answer."""
+        if self.closed:
+            return SFTP_FAILURE
+        try:
+            if self.failures:
+                raise StorageError("incomplete", "a write failed; the certificate was not stored")
+            self.sftp.accept_certificate(self.batch_id, bytes(self.data))
+            return SFTP_OK
+        except Exception as exc:
+            return self.sftp.refuse("close", str(self.vpath), exc)
+        finally:
+            self.finish(len(self.data))
+
+    def close(self) -> None:
+        """The session ended without closing the file: nothing is stored."""
+        self.finish(len(self.data))
 
 
 class _ReadHandle(_Handle):

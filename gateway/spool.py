@@ -5,6 +5,8 @@ Layout under ``[printsite] spool``, one pair per batch::
     <batch>.age           the envelope, exactly as sealed
     <batch>.arrival.json  canonical JSON: batch_id, tenant, channel, size, sha256,
                           arrived_at, source (free detail: receipt fields, disc serials)
+    <batch>.erasure.json  after ``lgwan-gateway erase``: a copy of the signed erasure
+                          certificate (:meth:`Spool.write_erasure`)
 
 Delivery (:meth:`Spool.deliver`) is atomic: the envelope is streamed into
 ``.<batch>.age.part`` (locked with ``flock`` so two deliveries of one batch never
@@ -18,6 +20,11 @@ envelope; neither counts as arrived.
 Exactly once: delivering a batch already present with the same SHA-256 (and
 tenant) returns the existing arrival; a different SHA-256 or tenant under the
 same batch id is a :class:`SpoolConflictError`, never an overwrite.
+
+An erased batch keeps ``<batch>.arrival.json`` and ``<batch>.erasure.json`` as
+its tombstone: :meth:`Spool.get` and :meth:`Spool.list` still return it (its
+envelope is gone, :func:`batch_state` says ``erased``), and delivering it again
+returns that tombstone instead of bringing the envelope back.
 
 Every name read from disk is validated (:func:`envelope.manifest.check_batch_id`)
 before it is used; anything else in the directory is ignored.
@@ -47,12 +54,14 @@ from gateway.errors import GatewayError
 
 AGE_SUFFIX = ".age"
 ARRIVAL_SUFFIX = ".arrival.json"
+ERASURE_SUFFIX = ".erasure.json"
 PART_SUFFIX = ".part"
 CHANNELS = ("lgwan", "dvd")
 ARRIVAL_KEYS = frozenset(
     {"batch_id", "tenant", "channel", "size", "sha256", "arrived_at", "source"}
 )
 MAX_ARRIVAL_BYTES = 64 * 1024
+MAX_ERASURE_BYTES = 1 << 20
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
 _BLOCK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -103,21 +112,23 @@ class BatchState(enum.Enum):
 
     ARRIVED = "arrived"
     OPENED = "opened"
+    ERASED = "erased"
 
 
 def batch_state(arrival: Arrival, work_dir: Path) -> BatchState:
     """Derive a batch's state at the print site (the one place that does).
 
-    ``opened``: ``<work_dir>/<batch>/`` exists (``lgwan-gateway open`` creates it
-    by one rename, only after full verification); otherwise ``arrived``.
-
-    The print-site custody issue adds ``erased`` here (derived from its signed
-    erasure record), so every caller — ``batches`` first — shows it unchanged.
+    ``erased``: ``<batch>.erasure.json`` is in the spool (``lgwan-gateway erase``
+    writes it only after every copy of the batch is gone); else ``opened``:
+    ``<work_dir>/<batch>/`` exists (``lgwan-gateway open`` creates it by one
+    rename, only after full verification); otherwise ``arrived``.
 
     Args:
         arrival: the batch in the spool.
         work_dir: ``[printsite] work_dir``, where batches are opened.
     """
+    if os.path.lexists(arrival.path.with_name(arrival.batch_id + ERASURE_SUFFIX)):
+        return BatchState.ERASED
     opened = work_dir / arrival.batch_id
     if opened.is_dir() and not opened.is_symlink():
         return BatchState.OPENED
@@ -144,6 +155,52 @@ class Spool:
             SpoolError: ``batch_id`` is not a batch id.
         """
         return self.root / (_checked_id(batch_id) + AGE_SUFFIX)
+
+    def erasure_path(self, batch_id: str) -> Path:
+        """Where ``batch_id``'s erasure certificate copy is (or would be) in the spool.
+
+        Raises:
+            SpoolError: ``batch_id`` is not a batch id.
+        """
+        return self.root / (_checked_id(batch_id) + ERASURE_SUFFIX)
+
+    def write_erasure(self, batch_id: str, data: bytes) -> Path:
+        """Keep a copy of the batch's signed erasure certificate beside its arrival record.
+
+        Written once, atomically (temporary file, fsync, hard link to the final
+        name, so two writers cannot both win); the same bytes again are accepted.
+        The certificate is not checked here: ``erase`` signs it, the gateway checks it.
+
+        Args:
+            batch_id: the batch id (validated).
+            data: the certificate, exactly as issued.
+
+        Returns:
+            The copy's path.
+
+        Raises:
+            SpoolConflictError: a different certificate is there already (kept).
+            SpoolError: a bad batch id, or ``data`` is larger than a certificate can be.
+            OSError: the spool cannot be written.
+        """
+        target = self.erasure_path(batch_id)
+        if len(data) > MAX_ERASURE_BYTES:
+            raise SpoolError(f"an erasure certificate of {len(data)} bytes is too large")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = self.root / f".{batch_id}{ERASURE_SUFFIX}.tmp"
+        _write_new(temp, data)
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            if _read_small(target, MAX_ERASURE_BYTES) != data:
+                raise SpoolConflictError(
+                    f"{target} holds a different erasure certificate; nothing was overwritten",
+                    hint="compare the two certificates before moving the old one away",
+                ) from None
+        finally:
+            _unlink_quietly(temp)
+        _fsync_dir(self.root)
+        return target
 
     def deliver(
         self,
@@ -223,6 +280,9 @@ class Spool:
     def get(self, batch_id: str) -> Arrival | None:
         """The arrival of ``batch_id``, or None when its envelope is not (yet) complete.
 
+        An erased batch (arrival record and erasure certificate, no envelope) is
+        returned too: its ``path`` names the envelope that is gone.
+
         Raises:
             SpoolError: ``batch_id`` is not a batch id, or the spool entry is
                 damaged (not a regular file, arrival record missing or invalid,
@@ -232,7 +292,7 @@ class Spool:
         try:
             info = os.lstat(final)
         except FileNotFoundError:
-            return None
+            return self._tombstone(batch_id, final)
         if not stat.S_ISREG(info.st_mode):
             raise SpoolError(f"{final} is not a regular file", hint="move it out of the spool")
         arrival = _read_arrival(self.root / (batch_id + ARRIVAL_SUFFIX), final)
@@ -247,7 +307,8 @@ class Spool:
         """Every complete batch in the spool, oldest arrival first.
 
         Names that are not ``<batch id>.age`` regular files (``.part`` files,
-        hidden or foreign names, directories, symlinks) are ignored.
+        hidden or foreign names, directories, symlinks) are ignored; erased
+        batches (``<batch id>.erasure.json`` with their arrival record) are listed.
 
         Raises:
             SpoolError: a batch's entry is damaged (see :meth:`get`).
@@ -257,11 +318,14 @@ class Spool:
             names = sorted(entry.name for entry in self.root.iterdir())
         except FileNotFoundError:
             return []
-        arrivals: list[Arrival] = []
+        stems: set[str] = set()
         for name in names:
-            if name.startswith(".") or not name.endswith(AGE_SUFFIX):
+            if name.startswith("."):
                 continue
-            stem = name[: -len(AGE_SUFFIX)]
+            suffix = next((s for s in (AGE_SUFFIX, ERASURE_SUFFIX) if name.endswith(s)), None)
+            if suffix is None:
+                continue
+            stem = name[: -len(suffix)]
             try:
                 check_batch_id(stem)
             except ManifestError:
@@ -271,6 +335,9 @@ class Spool:
                     continue
             except FileNotFoundError:
                 continue
+            stems.add(stem)
+        arrivals: list[Arrival] = []
+        for stem in sorted(stems):
             arrival = self.get(stem)
             if arrival is not None:
                 arrivals.append(arrival)
@@ -280,7 +347,7 @@ class Spool:
     def _existing(self, batch_id: str, sha256: str, tenant: str) -> Arrival | None:
         """The present arrival if it is this very batch; raise if it is another."""
         final = self.root / (batch_id + AGE_SUFFIX)
-        if not os.path.lexists(final):
+        if not os.path.lexists(final) and not os.path.lexists(self.erasure_path(batch_id)):
             return None
         try:
             present = self.get(batch_id)
@@ -303,6 +370,15 @@ class Spool:
                 hint="ask the ward which tenant the batch belongs to",
             )
         return present
+
+    def _tombstone(self, batch_id: str, final: Path) -> Arrival | None:
+        """An erased batch's arrival (record and certificate copy, no envelope), or None."""
+        if not os.path.lexists(self.erasure_path(batch_id)):
+            return None
+        record = self.root / (batch_id + ARRIVAL_SUFFIX)
+        if not os.path.lexists(record):
+            return None
+        return _read_arrival(record, final)
 
     def _check_free(self, size: int) -> None:
         try:
@@ -500,6 +576,14 @@ def _fsync_dir(directory: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """Read at most ``limit`` + 1 bytes of a regular file, never through a symlink."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit + 1)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -21,9 +21,12 @@ incidents were raised for a batch, so each is raised once. The batch queries
 live in :mod:`gateway.state_batches` (mixed into :class:`StateStore`); callers
 import everything from here.
 
+The print site's custody records (the staff roster, openings, the print log
+and erasures) live in :mod:`gateway.state_custody` (mixed in the same way).
+
 Schema history: version 1 (accounts, batches) was created by the drop service;
-version 2 adds the pipeline's columns and tables. :meth:`StateStore.open`
-migrates an older database in one transaction.
+version 2 adds the pipeline's columns and tables; version 3 the custody tables.
+:meth:`StateStore.open` migrates an older database in one transaction.
 """
 
 from __future__ import annotations
@@ -51,14 +54,34 @@ from gateway.state_batches import (
     _Keep,
     _when,
 )
+from gateway.state_custody import (
+    CUSTODY_MIGRATION,
+    ITEM_KINDS,
+    OPEN_VIA,
+    STAFF_ROLES,
+    CustodyTables,
+    DuplicateStaffError,
+    ErasureFinishedError,
+    ErasureItem,
+    ErasureRecord,
+    OpenRecord,
+    PrintRecord,
+    ReopenReasonRequiredError,
+    ReprintReasonRequiredError,
+    StaffMember,
+    UnknownStaffError,
+)
 
 __all__ = [
+    "ITEM_KINDS",
     "KEEP",
+    "OPEN_VIA",
     "ROLES",
     "ROLE_CONTRACTOR",
     "ROLE_FORWARDER",
     "ROLE_WARD",
     "SCHEMA_VERSION",
+    "STAFF_ROLES",
     "Account",
     "BatchEvent",
     "BatchRecord",
@@ -66,13 +89,23 @@ __all__ = [
     "DuplicateAccountError",
     "DuplicateBatchError",
     "DuplicateKeyError",
+    "DuplicateStaffError",
+    "ErasureFinishedError",
+    "ErasureItem",
+    "ErasureRecord",
+    "OpenRecord",
+    "PrintRecord",
+    "ReopenReasonRequiredError",
+    "ReprintReasonRequiredError",
+    "StaffMember",
     "StateError",
     "StateStore",
     "TransitionConflictError",
     "UnknownAccountError",
+    "UnknownStaffError",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_SECONDS = 10.0
 """How long a writer waits for another process's transaction before failing."""
 
@@ -143,6 +176,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "SELECT batch_id, 1, state, updated_at, reason FROM batches",
         "CREATE INDEX batches_by_state ON batches (state)",
     ),
+    2: CUSTODY_MIGRATION,  # -> 3: the print site's custody records
 }
 """Statements taking a database from version N to N+1."""
 _ACCOUNT_COLUMNS = (
@@ -185,11 +219,13 @@ class Account:
         return self.locked_until is not None and now < self.locked_until
 
 
-class StateStore(BatchTables):
-    """Accounts and batches in one database; safe to share between threads.
+class StateStore(BatchTables, CustodyTables):
+    """Accounts, batches and custody records in one database; safe to share between threads.
 
     The batch and pipeline queries (``insert_batch``, ``transition``, …) come
-    from :class:`gateway.state_batches.BatchTables`.
+    from :class:`gateway.state_batches.BatchTables`; the roster, openings, print
+    log and erasures (``add_staff``, ``add_print``, …) from
+    :class:`gateway.state_custody.CustodyTables`.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:

@@ -7,7 +7,9 @@ as its receipts), body exactly :data:`STATUS_FIELDS`::
 
     {"batch_id", "tenant", "state", "at", "reason", "seq", "gateway_key"}
 
-``state`` is a :class:`~gateway.pipeline.BatchState` value, ``at`` the time of
+``state`` is a :class:`~gateway.pipeline.BatchState` value (``erased`` once
+the print site's erasure certificate is published beside it as
+``/receipts/<batch>.erasure.json``, see :mod:`gateway.certificates`), ``at`` the time of
 the change (ISO 8601 with offset, milliseconds), ``reason`` why (the quarantine
 reason, ``conflict``, …) or null, ``seq`` the change's number in the batch's
 history (1 = received; increasing, so a client can tell a newer statement from

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from client import config
-from client.config import ClientConfig, IdentitySection, SealSection, WardSection
+from client.config import ClientConfig, IdentitySection, PrintSiteSection, SealSection, WardSection
 from client.errors import ClientError, ConfigError
 
 
@@ -351,3 +351,28 @@ def test_ledger_path_resolves_against_config_dir(tmp_path: Path) -> None:
     path = _write(tmp_path / "conf" / "client.toml", '[ledger]\npath = "l/x.jsonl"\n')
     loaded = config.load(str(path))
     assert loaded.path(loaded.ledger.path) == tmp_path / "conf" / "l" / "x.jsonl"
+
+
+def test_printsite_defaults_and_values(tmp_path: Path) -> None:
+    """[printsite] is optional (no key pinned, certificates/); its keys are loaded as given."""
+    assert config.load(None).printsite == PrintSiteSection("", "certificates")
+    line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2Uta2V5LWZvci1hLXRlc3QtMDEyMzQ1Njc4OQ"
+    path = _write(
+        tmp_path / "conf" / "client.toml",
+        f'[printsite]\nsigning_key = "{line}"\ncertificate_dir = "erasure"\n',
+    )
+    loaded = config.load(str(path))
+    assert loaded.printsite.signing_key == line
+    assert loaded.path(loaded.printsite.certificate_dir) == tmp_path / "conf" / "erasure"
+
+
+def test_printsite_empty_certificate_dir_is_refused(tmp_path: Path) -> None:
+    """printsite.certificate_dir may not be empty."""
+    error = _refused('[printsite]\ncertificate_dir = " "\n', tmp_path)
+    assert error.key == "printsite.certificate_dir"
+
+
+def test_printsite_unknown_key_is_refused(tmp_path: Path) -> None:
+    """A misspelt [printsite] key is named, not ignored."""
+    error = _refused('[printsite]\nsigning_keys = ""\n', tmp_path)
+    assert error.key == "printsite.signing_keys"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, Result
+from tests.gateway.custody_kit import HANDLER, CustodySite, make_site
 
 BATCH_RE = re.compile(r"^\d{8}-KAIGO-[0-9A-Z]{6}$")
 
@@ -27,6 +28,14 @@ def _passphrase(notice: Path) -> str:
     return found.group(1)
 
 
+def _open(site: CustodySite, envelope: object, secret: str, *extra: object) -> Result:
+    """``open`` at an initialised print site as handler tanaka; plaintext to its work dir."""
+    return site.gateway(
+        "open", envelope, "--as", HANDLER, "--password-fd", "{handler}",
+        "--passphrase-fd", "{fd}", "--via", "hand", *extra, fd=secret,
+    )  # fmt: skip
+
+
 def _seal(client: CliRunner, root: Path, *files: str, config: Path | None = None) -> str:
     cfg = config or _fast_config(root)
     done = client("--config", cfg, "seal", *files, "--notice-type", "KAIGO")
@@ -35,9 +44,7 @@ def _seal(client: CliRunner, root: Path, *files: str, config: Path | None = None
 
 
 @pytest.mark.slow
-def test_70000_records_round_trip_byte_identical(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_70000_records_round_trip_byte_identical(tmp_path: Path, client: CliRunner) -> None:
     """A 70,000-record sample sealed at the default work factor opens byte-identical."""
     assert client("sample", "--records", "70000", "--seed", "7", "--out", "kaigo.csv").code == 0
     done = client("seal", "kaigo.csv", "--notice-type", "KAIGO")
@@ -46,19 +53,16 @@ def test_70000_records_round_trip_byte_identical(
     assert BATCH_RE.match(batch) and done.out == batch + "\n"
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
     assert secret not in done.out + done.err
-    opened = gateway(
-        "open", f"outbox/{batch}.age", "--out", "work", "--passphrase-fd", "{fd}", secret=secret
-    )
+    site = make_site(tmp_path)
+    opened = _open(site, f"outbox/{batch}.age", secret)
     assert opened.code == 0, opened.err
-    released = tmp_path / "work" / batch / "kaigo.csv"
+    released = site.work / batch / "kaigo.csv"
     assert released.read_bytes() == (tmp_path / "kaigo.csv").read_bytes()
     assert (released.stat().st_mode & 0o777) == 0o600
-    assert ((tmp_path / "work" / batch).stat().st_mode & 0o777) == 0o700
+    assert ((site.work / batch).stat().st_mode & 0o777) == 0o700
 
 
-def test_binary_and_csv_files_round_trip(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_binary_and_csv_files_round_trip(tmp_path: Path, client: CliRunner) -> None:
     """Several files (CSV, binary, Japanese names) come out identical; typing is forgiven."""
     (tmp_path / "介護保険料.csv").write_bytes("番号,氏名\r\n1,山田\r\n2,佐藤\r\n".encode("cp932"))
     blob = hashlib.sha256(b"seed").digest() * 70_000  # 2.2 MB, crosses many chunks
@@ -66,59 +70,44 @@ def test_binary_and_csv_files_round_trip(
     batch = _seal(client, tmp_path, "介護保険料.csv", "layout.bin")
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
     typed = secret.lower().replace("-", " ")
-    done = gateway(
-        "open", f"outbox/{batch}.age", "--out", "w", "--passphrase-fd", "{fd}", secret=typed
-    )
+    site = make_site(tmp_path)
+    done = _open(site, f"outbox/{batch}.age", typed)
     assert done.code == 0, done.err
-    assert Path(done.out.strip()) == tmp_path / "w" / batch
-    assert (tmp_path / "w" / batch / "layout.bin").read_bytes() == blob
-    assert sorted(p.name for p in (tmp_path / "w" / batch).iterdir()) == [
+    assert Path(done.out.strip()) == site.work / batch
+    assert (site.work / batch / "layout.bin").read_bytes() == blob
+    assert sorted(p.name for p in (site.work / batch).iterdir()) == [
         "layout.bin",
         "介護保険料.csv",
     ]
 
 
-def test_wrong_passphrase_releases_nothing(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_wrong_passphrase_releases_nothing(tmp_path: Path, client: CliRunner) -> None:
     """A well-formed but wrong passphrase exits 1 with one line and leaves the out dir empty."""
     (tmp_path / "a.csv").write_text("h\r\n1\r\n", encoding="cp932")
     batch = _seal(client, tmp_path, "a.csv")
     from envelope import passphrase
 
-    done = gateway(
-        "open",
-        f"outbox/{batch}.age",
-        "--out",
-        "w",
-        "--passphrase-fd",
-        "{fd}",
-        secret=passphrase.generate(),
-    )
+    site = make_site(tmp_path)
+    done = _open(site, f"outbox/{batch}.age", passphrase.generate())
     assert done.code == 1
     assert "passphrase does not open" in done.err and "Traceback" not in done.err
-    assert list((tmp_path / "w").iterdir()) == []
+    assert list(site.work.iterdir()) == []
 
 
-def test_typo_is_reported_before_any_work(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_typo_is_reported_before_any_work(tmp_path: Path, client: CliRunner) -> None:
     """A passphrase with one wrong character is refused as a typo and nothing is created."""
     (tmp_path / "a.csv").write_text("h\r\n1\r\n", encoding="cp932")
     batch = _seal(client, tmp_path, "a.csv")
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
     typo = ("Z" if secret[0] != "Z" else "Y") + secret[1:]
-    done = gateway(
-        "open", f"outbox/{batch}.age", "--out", "w", "--passphrase-fd", "{fd}", secret=typo
-    )
+    site = make_site(tmp_path)
+    done = _open(site, f"outbox/{batch}.age", typo)
     assert done.code == 1
     assert "typo" in done.err and secret not in done.err
-    assert not (tmp_path / "w").exists()
+    assert list(site.work.iterdir()) == []
 
 
-def test_tampered_envelope_releases_nothing(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_tampered_envelope_releases_nothing(tmp_path: Path, client: CliRunner) -> None:
     """Flipping one ciphertext byte makes open fail with exit 1 and no files left."""
     (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4096)
     batch = _seal(client, tmp_path, "big.bin")
@@ -127,49 +116,55 @@ def test_tampered_envelope_releases_nothing(
     data[len(data) // 2] ^= 0x01
     env.write_bytes(bytes(data))
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
-    done = gateway("open", env, "--out", "w", "--passphrase-fd", "{fd}", secret=secret)
+    site = make_site(tmp_path)
+    done = _open(site, env, secret)
     assert done.code == 1
     assert "tampered" in done.err
-    assert list((tmp_path / "w").iterdir()) == []
+    assert list(site.work.iterdir()) == []
 
 
-def test_open_refuses_existing_batch_directory(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
-    """Opening into a directory that already holds the batch is refused and changes nothing."""
+def test_open_refuses_existing_batch_directory(tmp_path: Path, client: CliRunner) -> None:
+    """A work directory already holding the batch: refused without a reason (it counts as
+    opened), and with one still refused as existing; nothing changes either way."""
     (tmp_path / "a.csv").write_text("h\r\n1\r\n", encoding="cp932")
     batch = _seal(client, tmp_path, "a.csv")
-    (tmp_path / "w" / batch).mkdir(parents=True)
-    (tmp_path / "w" / batch / "keep.txt").write_text("earlier copy")
+    site = make_site(tmp_path)
+    (site.work / batch).mkdir(parents=True)
+    (site.work / batch / "keep.txt").write_text("earlier copy")
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
-    done = gateway(
-        "open", f"outbox/{batch}.age", "--out", "w", "--passphrase-fd", "{fd}", secret=secret
-    )
+    done = _open(site, f"outbox/{batch}.age", secret)
+    assert done.code == 1 and "needs a reason" in done.err
+    done = _open(site, f"outbox/{batch}.age", secret, "--reason", "again")
     assert done.code == 1 and "already exists" in done.err
-    assert [p.name for p in (tmp_path / "w").iterdir()] == [batch]
-    assert (tmp_path / "w" / batch / "keep.txt").read_text() == "earlier copy"
+    assert [p.name for p in site.work.iterdir()] == [batch]
+    assert (site.work / batch / "keep.txt").read_text() == "earlier copy"
 
 
-def test_open_refuses_a_renamed_envelope(
-    tmp_path: Path, client: CliRunner, gateway: CliRunner
-) -> None:
+def test_open_refuses_a_renamed_envelope(tmp_path: Path, client: CliRunner) -> None:
     """An envelope renamed to another batch id is refused as swapped."""
     (tmp_path / "a.csv").write_text("h\r\n1\r\n", encoding="cp932")
     batch = _seal(client, tmp_path, "a.csv")
     other = tmp_path / "outbox" / "20200101-KAIGO-000000.age"
     (tmp_path / "outbox" / f"{batch}.age").rename(other)
     secret = _passphrase(tmp_path / "notices" / f"{batch}.notice.pdf")
-    done = gateway("open", other, "--out", "w", "--passphrase-fd", "{fd}", secret=secret)
+    site = make_site(tmp_path)
+    done = _open(site, other, secret)
     assert done.code == 1 and "swapped" in done.err
-    assert list((tmp_path / "w").iterdir()) == []
+    assert list(site.work.iterdir()) == []
 
 
-def test_open_without_terminal_or_fd_is_a_usage_error(tmp_path: Path, gateway: CliRunner) -> None:
-    """With no --passphrase-fd and no terminal, open exits 2 and suggests the option."""
+def test_open_without_terminal_or_fd_is_a_usage_error(tmp_path: Path) -> None:
+    """With no --password-fd / --passphrase-fd and no terminal, open exits 2 naming the option."""
     (tmp_path / "x.age").write_bytes(b"age-encryption.org/v1\n")
-    done = gateway("open", "x.age", "--out", "w")
+    site = make_site(tmp_path)
+    done = site.gateway(
+        "open", "x.age", "--as", HANDLER, "--password-fd", "{handler}", "--via", "hand"
+    )
     assert done.code == 2
     assert "--passphrase-fd" in done.err
+    done = site.gateway("open", "x.age", "--as", HANDLER, "--via", "hand")
+    assert done.code == 2
+    assert "--password-fd" in done.err
 
 
 def test_seal_prints_only_the_batch_id_and_writes_the_notice(
@@ -273,5 +268,8 @@ def test_private_key_readable_by_others_exits_78(tmp_path: Path, client: CliRunn
 
 def test_missing_explicit_config_exits_78(tmp_path: Path, gateway: CliRunner) -> None:
     """A --config file that does not exist is a configuration error."""
-    done = gateway("--config", "nope.toml", "open", "x.age", "--out", "w", "--passphrase-fd", "0")
+    done = gateway(
+        "--config", "nope.toml", "open", "x.age", "--as", "tanaka", "--via", "hand",
+        "--passphrase-fd", "0",
+    )  # fmt: skip
     assert done.code == 78 and "nope.toml" in done.err

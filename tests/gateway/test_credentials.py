@@ -12,14 +12,17 @@ from pypdf import PdfReader
 
 from client import config as client_config
 from custody import keys
+from gateway.config import GatewayConfig
 from gateway.credentials import (
     ClientConfig,
     CredentialNotice,
+    printsite_signing_key,
     render_client_config,
     render_credential_notice,
     toml_value,
     write_client_config,
 )
+from gateway.routes import TenantSection
 
 PASSWORD = "7F3K-Q2AB-M9XD-4HTR-0WZC"
 ISSUED = datetime(2026, 7, 15, 1, 32, tzinfo=UTC)  # 10:32 JST
@@ -161,3 +164,36 @@ def test_client_config_escapes_strings() -> None:
     assert parsed["identity"]["private_key"] == "keys/with space"
     with pytest.raises(TypeError):
         toml_value(1.5)
+
+
+def test_client_config_pins_the_print_sites_signing_key_when_given(tmp_path: Path) -> None:
+    """With the route's receipt_key, [printsite] signing_key and certificate_dir are written."""
+    printsite = keys.public_key_to_openssh(keys.generate_private_key().public_key())
+    pinned = keys.public_key_to_openssh(keys.generate_private_key().public_key())
+    out = tmp_path / "client.toml"
+    config = ClientConfig("gw.example", 2222, "ward1", "shinjuku", pinned, pinned, "k", printsite)
+    write_client_config(out, config)
+    parsed = tomllib.loads(out.read_text())
+    assert parsed["printsite"] == {"signing_key": printsite, "certificate_dir": "certificates"}
+    loaded = client_config.load(str(out))
+    assert loaded.printsite.signing_key == printsite
+    without = tomllib.loads(render_client_config(ClientConfig("h", 1, "u", "t", "a", "b", "k")))
+    assert "printsite" not in without
+
+
+def test_printsite_signing_key_comes_from_the_tenants_route(tmp_path: Path) -> None:
+    """The tenant table's receipt_key as one OpenSSH line; "" without one (or for others)."""
+    key = keys.generate_private_key().public_key()
+    line = keys.public_key_to_openssh(key)
+    config = GatewayConfig(
+        tenants={
+            "shinjuku": TenantSection(forward="pull", receipt_key=f"  {line} printsite \n"),
+            "chuo": TenantSection(forward="file:///srv/spool"),
+            "minato": TenantSection(forward="pull", receipt_key="ssh-ed25519 not-a-key"),
+        },
+        base_dir=tmp_path,
+    )
+    assert printsite_signing_key(config, "shinjuku") == line
+    assert printsite_signing_key(config, "chuo") == ""
+    assert printsite_signing_key(config, "minato") == ""
+    assert printsite_signing_key(config, "nowhere") == ""

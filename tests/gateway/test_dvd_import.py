@@ -21,10 +21,12 @@ from custody.canonical import canonical_json
 from envelope.stream import ENCRYPTED_CHUNK_SIZE
 from gateway.dvd_disc import DiscError, parse_disc_manifest, parse_sums
 from tests.conftest import BIN, CliRunner, Result
+from tests.gateway.custody_kit import run
 from tests.gateway.test_envelope_check import SECRET, sealed_envelope, x25519_file
 
 BATCH = "20260715-KAIGO-7F3KQ2"
 OTHER = "20260716-JUMIN-AB12CD"
+PASSWORD = "handler-pass-4821-x"  # a staff member's, for open
 TENANT = "shinjuku"
 ENVELOPE = sealed_envelope(BATCH, padding=150_000)
 PAYLOAD_START = ENVELOPE.index(b"\n", ENVELOPE.index(b"\n--- ") + 1) + 1 + 16
@@ -257,15 +259,15 @@ def test_production_envelope_opens_after_import_and_shows_opened(
     assert listed.code == 0, listed.err
     [row] = [json.loads(line) for line in listed.out.splitlines()]
     assert row["state"] == "arrived" and row["channel"] == "dvd"
-    opened = site.run(
-        "open",
-        site.spool / f"{OTHER}.age",
-        "--out",
-        site.root / "work",
-        "--passphrase-fd",
-        "{fd}",
-        secret=SECRET,
+    staff = site.run(
+        "staff", "add", "tanaka", "--role", "handler", "--password-fd", "{fd}", secret=PASSWORD
     )
+    assert staff.code == 0, staff.err
+    opened = run(
+        "lgwan-gateway", "--config", site.root / "gateway.toml", "open", OTHER, "--as", "tanaka",
+        "--password-fd", "{pw}", "--passphrase-fd", "{fd}", "--via", "hand",
+        cwd=site.root, secrets={"pw": PASSWORD, "fd": SECRET},
+    )  # fmt: skip
     assert opened.code == 0, opened.err
     assert (site.root / "work" / OTHER / "print.csv").is_file()
     [row] = [json.loads(line) for line in site.run("batches").out.splitlines()]

@@ -2,6 +2,8 @@
 
 import hashlib
 import io
+import os
+import stat
 import tarfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,7 +13,7 @@ import pytest
 
 from envelope import EncryptingWriter, passphrase
 from envelope.manifest import FileEntry, Manifest, dumps
-from gateway.opener import OpenError, open_batch
+from gateway.opener import OpenError, batch_of_name, open_batch
 
 BATCH = "20260715-KAIGO-7F3KQ2"
 CSV = "番号,氏名\r\n1,山田\r\n".encode("cp932")
@@ -167,3 +169,50 @@ def test_plaintext_file_is_refused(tmp_path: Path, secret: str) -> None:
     env.write_bytes(CSV)
     with pytest.raises(OpenError, match="damaged"):
         _open(env, tmp_path / "out", secret)
+
+
+def test_admit_sees_the_manifest_before_any_file_is_written(tmp_path: Path, secret: str) -> None:
+    """A refusal from ``admit`` propagates and leaves nothing: no batch dir, no temp dir."""
+    path = _envelope(
+        tmp_path / "x.age",
+        secret,
+        [("manifest.json", _manifest(_entry("a.csv", CSV))), ("a.csv", CSV)],
+    )
+    seen: list[str] = []
+
+    class RefusedError(Exception):
+        pass
+
+    def admit(manifest: Manifest) -> None:
+        seen.append(manifest.batch_id)
+        raise RefusedError
+
+    out = tmp_path / "out"
+    with pytest.raises(RefusedError):
+        open_batch(path, out, secret, max_work_factor=20, csv_encoding="cp932", admit=admit)
+    assert seen == [BATCH]
+    assert list(out.iterdir()) == []
+
+
+def test_created_directories_are_private_whatever_the_umask(tmp_path: Path, secret: str) -> None:
+    """Every directory open creates is 0700 and every released file 0600, even under umask 0."""
+    path = _envelope(
+        tmp_path / "x.age",
+        secret,
+        [("manifest.json", _manifest(_entry("a.csv", CSV))), ("a.csv", CSV)],
+    )
+    old = os.umask(0)
+    try:
+        released = _open(path, tmp_path / "work" / "deep" / "er", secret)
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "work", tmp_path / "work" / "deep", released.parent, released):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE((released / "a.csv").stat().st_mode) == 0o600
+
+
+def test_batch_of_name_reads_only_batch_like_names() -> None:
+    """``<batch>.age`` names claim their batch; anything else claims none."""
+    assert batch_of_name(Path(f"/spool/{BATCH}.age")) == BATCH
+    assert batch_of_name(Path("copy.age")) is None
+    assert batch_of_name(Path(f"{BATCH}.age.part")) is None

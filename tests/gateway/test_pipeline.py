@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from gateway.pipeline import (
+    DELIVERED,
     IN_PROGRESS,
     TERMINAL,
     TRANSITIONS,
@@ -70,6 +71,25 @@ def test_pull_sequence_ends_pulled() -> None:
 
 
 @pytest.mark.parametrize(
+    "events",
+    [
+        [E.VERIFIED, E.SENDING, E.DELIVERED, E.ERASED],
+        [E.VERIFIED, E.PUBLISHED, E.PULLED, E.ERASED],
+        [E.VERIFIED, E.PUBLISHED, E.ERASED],
+    ],
+)
+def test_erased_follows_a_delivery_and_ends_it(events: list[Event]) -> None:
+    """The print site's erasure certificate moves a delivered (or pulled) batch to ERASED, final."""
+    assert run(events)[-1] is S.ERASED
+    assert S.ERASED in TERMINAL
+    assert {S.FORWARDED, S.PULLED} == DELIVERED
+    assert {s for (s, e) in TRANSITIONS if e is E.ERASED} == DELIVERED
+    for event in E:
+        with pytest.raises(IllegalTransitionError):
+            transition(S.ERASED, event)
+
+
+@pytest.mark.parametrize(
     ("events", "end"),
     [([E.REJECTED], S.QUARANTINED), ([E.VERIFIED, E.SENDING, E.REJECTED], S.QUARANTINED)],
 )
@@ -90,7 +110,7 @@ def test_every_other_move_is_illegal() -> None:
 
 
 def test_no_event_leaves_a_terminal_state_and_quarantine_is_never_forwarded() -> None:
-    """QUARANTINED and PULLED have no way out; QUARANTINED never reaches FORWARDING."""
+    """QUARANTINED and ERASED have no way out; QUARANTINED never reaches FORWARDING."""
     assert {s for s, _ in TRANSITIONS} & TERMINAL == set()
     assert all(
         target is not S.FORWARDING for (s, _), target in TRANSITIONS.items() if s in TERMINAL
@@ -123,6 +143,7 @@ def test_state_values_are_the_stored_strings() -> None:
         "pulled",
         "quarantined",
         "failed_retrying",
+        "erased",
     ]
 
 
@@ -140,6 +161,10 @@ def test_state_values_are_the_stored_strings() -> None:
         (S.QUARANTINED, True, False, False, Step.CLEAR),
         (S.QUARANTINED, False, False, True, Step.NONE),
         (S.PULLED, True, True, True, Step.NONE),
+        (S.ERASED, True, False, False, Step.CLEAR),
+        (S.ERASED, True, False, True, Step.NONE),
+        (S.ERASED, False, False, False, Step.CLEAR),
+        (S.ERASED, True, True, True, Step.NONE),
     ],
 )
 def test_next_step(state: BatchState, route: bool, pull: bool, cleared: bool, step: Step) -> None:

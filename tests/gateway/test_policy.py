@@ -9,6 +9,7 @@ from gateway.policy import Area, NameKind, Op, PolicyError, VirtualPath
 
 BATCH = "20260715-KAIGO-7F3KQ2"
 RECEIPT = BATCH + ".receipt.json"
+ERASURE = BATCH + ".erasure.json"
 WARD, CONTRACTOR, FORWARDER = policy.ROLE_WARD, policy.ROLE_CONTRACTOR, policy.ROLE_FORWARDER
 
 HOSTILE = [
@@ -29,6 +30,9 @@ HOSTILE = [
     ("/inbox/" + BATCH.lower() + ".age", "bad_name"),
     ("/inbox/" + BATCH + ".receipt.json", "bad_name"),
     ("/receipts/" + BATCH + ".age", "bad_name"),
+    ("/inbox/" + ERASURE, "bad_name"),
+    ("/receipts/" + BATCH + ".erasure.json.part", "bad_name"),
+    ("/receipts/" + BATCH.lower() + ".erasure.json", "bad_name"),
     ("/outbox", "unknown_area"),
     ("/inbox/" + BATCH + ".age/x", "too_deep"),
     ("/inbox/" + BATCH + ".age/", "trailing_slash"),
@@ -89,6 +93,9 @@ def test_unknown_role_sees_nothing() -> None:
         (BATCH + ".age.part", NameKind.PART, BATCH),
         (BATCH + ".receipt.json", NameKind.RECEIPT, BATCH),
         (BATCH + ".status.json", NameKind.STATUS, BATCH),
+        (ERASURE, NameKind.ERASURE, BATCH),
+        ("." + ERASURE + ".1f2e3d4c5b6a7980", None, None),
+        ("x.erasure.json", None, None),
         ("." + BATCH + ".status.json.tmp", None, None),
         ("x.age", None, None),
         (BATCH + ".tmp", None, None),
@@ -112,6 +119,9 @@ def test_name_patterns(name: str, kind: NameKind | None, batch: str | None) -> N
         (WARD, "/", {Op.LIST, Op.STAT}),
         (CONTRACTOR, "/outbox/" + BATCH + ".age", {Op.STAT, Op.READ, Op.REMOVE}),
         (CONTRACTOR, "/outbox/" + RECEIPT, {Op.STAT, Op.READ}),
+        (CONTRACTOR, "/outbox/" + ERASURE, {Op.STAT, Op.READ, Op.WRITE}),
+        (WARD, "/receipts/" + ERASURE, {Op.STAT, Op.READ}),
+        (FORWARDER, "/receipts/" + ERASURE, {Op.STAT, Op.READ}),
         (FORWARDER, "/inbox/" + BATCH + ".age.part", {Op.STAT, Op.WRITE, Op.REMOVE, Op.SETSTAT}),
         (FORWARDER, "/inbox/" + BATCH + ".age", {Op.STAT}),
         (FORWARDER, "/receipts/" + RECEIPT, {Op.STAT, Op.READ}),
@@ -162,6 +172,22 @@ def test_only_a_contractor_removing_an_outbox_envelope_confirms_a_pull() -> None
     part = policy.parse(WARD, "/inbox/" + BATCH + ".age.part")
     assert policy.check_pull_confirmation(WARD, part) is None
     assert policy.check_pull_confirmation(FORWARDER, part) is None
+
+
+def test_only_a_contractor_writing_an_outbox_certificate_uploads_one() -> None:
+    """Writing /outbox/<batch>.erasure.json is a certificate upload; nothing else is."""
+    upload = policy.parse(CONTRACTOR, "/outbox/" + ERASURE)
+    assert policy.check_certificate_upload(CONTRACTOR, upload) == BATCH
+    envelope = policy.parse(CONTRACTOR, "/outbox/" + BATCH + ".age")
+    assert policy.check_certificate_upload(CONTRACTOR, envelope) is None
+    for role in (WARD, FORWARDER):
+        receipts = policy.parse(role, "/receipts/" + ERASURE)
+        assert policy.check_certificate_upload(role, receipts) is None
+        assert policy.visible(Area.RECEIPTS, ERASURE)
+    assert policy.visible(Area.OUTBOX, ERASURE)
+    assert not policy.visible(Area.INBOX, ERASURE)
+    assert not policy.visible(Area.RECEIPTS, "." + ERASURE + ".1f2e3d4c")
+    assert policy.file_name(BATCH, NameKind.ERASURE) == ERASURE
 
 
 def test_file_name_refuses_non_batch_ids() -> None:

@@ -387,3 +387,66 @@ def test_state_is_opened_once_the_batch_directory_exists(spool: Spool, tmp_path:
     (work / BATCH).unlink()
     (work / BATCH).mkdir()
     assert batch_state(arrival, work) is BatchState.OPENED
+
+
+CERTIFICATE = b'{"kind":"erasure-certificate"}\n'
+
+
+def _erase(spool: Spool, batch: str = BATCH) -> None:
+    """What ``erase`` leaves: the envelope gone, the certificate copy beside the arrival."""
+    (spool.root / f"{batch}.age").unlink()
+    spool.write_erasure(batch, CERTIFICATE)
+
+
+def test_state_is_erased_once_the_certificate_copy_is_there(spool: Spool, tmp_path: Path) -> None:
+    """``<batch>.erasure.json`` in the spool makes the batch erased, opened or not."""
+    arrival = _deliver(spool)
+    work = tmp_path / "work"
+    (work / BATCH).mkdir(parents=True)
+    assert batch_state(arrival, work) is BatchState.OPENED
+    (work / BATCH).rmdir()
+    _erase(spool)
+    assert batch_state(arrival, work) is BatchState.ERASED
+
+
+def test_erased_batch_stays_listed_as_its_tombstone(spool: Spool) -> None:
+    """An erased batch (arrival + certificate, no envelope) is still listed and got."""
+    arrival = _deliver(spool)
+    _erase(spool)
+    assert _names(spool) == [f"{BATCH}.arrival.json", f"{BATCH}.erasure.json"]
+    assert spool.get(BATCH) == arrival
+    assert spool.list() == [arrival]
+
+
+def test_a_certificate_copy_alone_is_not_a_batch(spool: Spool) -> None:
+    """Without its arrival record a certificate copy lists nothing."""
+    spool.write_erasure(BATCH, CERTIFICATE)
+    assert spool.get(BATCH) is None and spool.list() == []
+
+
+def test_delivering_an_erased_batch_again_does_not_bring_it_back(spool: Spool) -> None:
+    """The same batch again returns the tombstone unread; a different one is a conflict."""
+    arrival = _deliver(spool)
+    _erase(spool)
+    assert _deliver(spool) == arrival
+    assert not (spool.root / f"{BATCH}.age").exists()
+    other = sealed_envelope(BATCH)
+    with pytest.raises(SpoolConflictError):
+        _deliver(spool, other)
+    assert _names(spool) == [f"{BATCH}.arrival.json", f"{BATCH}.erasure.json"]
+
+
+def test_certificate_copy_is_written_once(spool: Spool) -> None:
+    """The same bytes again are fine; different ones are refused and the first kept."""
+    path = spool.write_erasure(BATCH, CERTIFICATE)
+    assert spool.write_erasure(BATCH, CERTIFICATE) == path == spool.erasure_path(BATCH)
+    with pytest.raises(SpoolConflictError, match="different erasure certificate"):
+        spool.write_erasure(BATCH, CERTIFICATE + b" ")
+    assert path.read_bytes() == CERTIFICATE
+    assert _names(spool) == [f"{BATCH}.erasure.json"]
+
+
+def test_certificate_copy_refuses_a_bad_batch_id(spool: Spool) -> None:
+    """A path trick as the batch id writes nothing."""
+    with pytest.raises(SpoolError):
+        spool.write_erasure("../x", CERTIFICATE)

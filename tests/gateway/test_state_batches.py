@@ -81,7 +81,7 @@ def test_version_1_database_is_migrated_keeping_its_batches(tmp_path: Path) -> N
     with sqlite3.connect(path) as conn:
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     conn.close()
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
     StateStore.open(path, create=False).close()  # opening again changes nothing
 
 

@@ -1,0 +1,183 @@
+"""Erasure certificates ``status`` downloads: saved once, never replaced, checked when it can.
+
+When the gateway holds ``/receipts/<batch>.erasure.json`` (the print site's
+signed erasure certificate, published once the batch is ``erased``),
+``lgwan-client status`` saves it as ``<[printsite] certificate_dir>/<batch>.erasure.json``:
+written to a temporary file, fsynced, then linked into place — so the file
+either holds the whole certificate or does not exist, and an existing file is
+never replaced. The same bytes already there are fine (a later ``status``); a
+*different* file there is refused (:data:`CHECK_CONFLICT`): the gateway now
+serves another certificate than the one saved earlier, or the saved one was
+changed — the ward decides which to believe, not this tool.
+
+With ``[printsite] signing_key`` set, the copy is also checked like
+``verify-certificate`` does (:func:`client.certificate.check_data`), without
+recording anything: recording ``erasure-verified`` in the ledger is
+``verify-certificate``'s job, and ``status`` says to run it.
+"""
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from client import certificate, ledger
+from client.config import ClientConfig
+from client.errors import ClientError
+
+CHECK_VALID = "valid"
+"""Signed by the pinned print-site key and matching the ward's ledger."""
+CHECK_INVALID = "invalid"
+"""It does not verify, or does not match what the ward sealed."""
+CHECK_UNCHECKED = "unchecked"
+"""Saved, but not checked: no ``[printsite] signing_key`` (or no ward key) to check it with."""
+CHECK_CONFLICT = "conflict"
+"""A different file is already saved under the certificate's name; nothing was replaced."""
+CHECK_UNAVAILABLE = "unavailable"
+"""The gateway's file could not be read (refused, or larger than the cap)."""
+FAILED_CHECKS = (CHECK_INVALID, CHECK_CONFLICT, CHECK_UNAVAILABLE)
+CONFLICT_HINT = (
+    "compare the two; to take the gateway's, move the saved file away and run status again"
+)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class ConflictError(ClientError):
+    """A different certificate is already saved under the name (exit 1)."""
+
+
+@dataclass(frozen=True)
+class CertificateCopy:
+    """A batch's erasure certificate as ``status`` found, saved and checked it."""
+
+    batch_id: str
+    path: Path
+    check: str
+    """One of the ``CHECK_…`` values."""
+    saved: bool = False
+    """Written by this run (False: the same bytes were already there, or nothing was written)."""
+    problem: str | None = None
+    ledger_seq: int | None = None
+    """The ``erasure-verified`` entry of this certificate, when already recorded."""
+
+    @property
+    def readable(self) -> bool:
+        """True when ``path`` holds a certificate (the gateway's, or a different earlier one)."""
+        return self.check != CHECK_UNAVAILABLE
+
+    @property
+    def failed(self) -> bool:
+        """True when the certificate must not be relied on (status exits 1)."""
+        return self.check in FAILED_CHECKS
+
+
+def target(config: ClientConfig, batch: str) -> Path:
+    """Where the batch's certificate is saved."""
+    directory = config.path(config.printsite.certificate_dir)
+    return directory / f"{batch}{certificate.CERTIFICATE_SUFFIX}"
+
+
+def save(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically, never replacing a different file.
+
+    Returns:
+        True when written now, False when ``path`` already held these bytes.
+
+    Raises:
+        ConflictError: ``path`` exists with other content (or is not a regular file).
+        ClientError: the directory or file cannot be written.
+    """
+    directory = path.parent
+    temp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path, follow_symlinks=False)
+        except FileExistsError:
+            if _existing(path) == data:
+                return False
+            raise ConflictError(
+                f"{path} exists and differs from the certificate at the gateway; it was not "
+                "replaced",
+                hint=CONFLICT_HINT,
+            ) from None
+        _fsync_dir(directory)
+        return True
+    except OSError as exc:
+        raise ClientError(f"{path}: cannot save: {exc.strerror or exc}") from None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _existing(path: Path) -> bytes | None:
+    """The saved file's bytes (capped), None when it is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read(certificate.MAX_CERTIFICATE_BYTES + 1)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def keep(
+    config: ClientConfig,
+    batch: str,
+    data: bytes,
+    printsite_key: Ed25519PublicKey | None,
+    ward_key: Ed25519PublicKey | None,
+) -> CertificateCopy:
+    """Save the gateway's certificate for ``batch`` and check it when a key is pinned.
+
+    Args:
+        config: The client configuration (certificate_dir, ledger, tenant).
+        batch: The batch the gateway stores the certificate under.
+        data: The bytes read from the gateway (already size-capped).
+        printsite_key: ``[printsite] signing_key``, None when not set.
+        ward_key: The ward's public key (checks the ledger's sealed entry),
+            None when it is not available here.
+
+    Returns:
+        What was saved and whether it verifies; never raises for a
+        certificate that does not verify or a conflicting file.
+    """
+    path = target(config, batch)
+    try:
+        saved = save(path, data)
+    except ConflictError as exc:
+        return CertificateCopy(batch, path, CHECK_CONFLICT, problem=str(exc))
+    if printsite_key is None or ward_key is None:
+        why = "[printsite] signing_key is empty" if printsite_key is None else "no ward key"
+        return CertificateCopy(batch, path, CHECK_UNCHECKED, saved=saved, problem=why)
+    try:
+        checked = certificate.check_data(config, data, printsite_key, ward_key)
+        if checked.batch_id != batch:
+            raise certificate.CertificateError(
+                f"it is the certificate of batch {checked.batch_id}, stored under {batch}",
+                certificate.REASON_MISMATCH,
+            )
+    except certificate.CertificateError as exc:
+        return CertificateCopy(batch, path, CHECK_INVALID, saved=saved, problem=str(exc))
+    book = config.path(config.ledger.path)
+    seq = certificate.recorded_seq(ledger.entries(book, batch), checked)
+    return CertificateCopy(batch, path, CHECK_VALID, saved=saved, ledger_seq=seq)
