@@ -91,6 +91,19 @@ def _set_up_sites(s: Scenario) -> None:
         "min_gap_minutes = 2\n",
     )
     s.run(
+        "print site: generate the contractor's key pair (for pull mode)",
+        ["lgwan-client", "keygen", "--out", "print-site/keys/contractor_ed25519"],
+    )
+    contractor = s.root / "gateway" / "shinjuku-printer.credentials.pdf"
+    s.run(
+        "gateway: add the contractor account (pulls shinjuku's batches when there is no push route)",
+        ["lgwan-gateway", "--config", "gateway/gateway.toml", "user", "add", "shinjuku-printer",
+         "--role", "contractor", "--tenant", TENANT,
+         "--pubkey", "print-site/keys/contractor_ed25519.pub", "--allow", "127.0.0.1/32",
+         "--notice-out", str(contractor)],
+    )  # fmt: skip
+    s.documents.append(contractor)
+    s.run(
         "print site: add the relay account (key only, loopback only)",
         ["lgwan-gateway", "--config", "print-site/gateway.toml", "user", "add", "relay",
          "--role", "forwarder", "--tenant", TENANT,
