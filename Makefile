@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: demo test lint typecheck contracts pytest bench bench-forward compose-check clean
+.PHONY: demo test lint typecheck contracts pytest bench bench-forward compose-check clean fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ contracts: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# Long fuzzing run (issue 8 §1): FUZZ_EXAMPLES cases per file (the ledger file
+# runs a third of them); `make test` runs the default 10,000. ~8 min at 100,000.
+FUZZ_EXAMPLES ?= 100000
+
+fuzz: $(STAMP)
+	LGWAN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -p no:cacheprovider \
+		tests/envelope/test_fuzz.py tests/custody/test_fuzz_records.py \
+		tests/client/test_fuzz_ledger.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/seal.py

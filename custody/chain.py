@@ -20,7 +20,7 @@ and writes only the streams and lines it is given, one line at a time.
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
@@ -153,7 +153,7 @@ def parse_entry(line: bytes, *, max_line_bytes: int = MAX_LINE_BYTES) -> dict[st
     if not isinstance(line, bytes | bytearray):
         raise ChainError(f"line must be bytes, got {type(line).__name__}")
     if len(line) > max_line_bytes:
-        raise ChainError(f"line of {len(line)} bytes exceeds the cap of {max_line_bytes}")
+        raise ChainError(f"line longer than the cap of {max_line_bytes} bytes")
     if not line.endswith(b"\n"):
         raise ChainError("line is not newline-terminated (torn write)")
     body = bytes(line[:-1])
@@ -292,7 +292,9 @@ def verify_chain(
     """Verify a whole log, streaming, against optional signed checkpoints.
 
     Args:
-        lines: The log's lines with their newlines, e.g. a binary file object.
+        lines: The log's lines with their newlines, e.g. a binary file object
+            (read with a bounded ``readline``, so a hostile line without a
+            newline costs at most ``max_line_bytes + 1`` bytes of memory).
         checkpoints: Checkpoint records (make_checkpoint) to hold the log to.
         public_key: The key the checkpoints must be signed with.
         max_line_bytes: Refuse longer lines.
@@ -314,7 +316,7 @@ def verify_chain(
         return VerifyReport(False, 0, GENESIS, None, None, str(exc))
     head = GENESIS
     records = 0
-    for line_no, line in enumerate(lines, 1):
+    for line_no, line in enumerate(_bounded_lines(lines, max_line_bytes), 1):
         try:
             new_head = _link(parse_entry(line, max_line_bytes=max_line_bytes), head)
             signed_hash = pinned.get(new_head.seq)
@@ -329,6 +331,24 @@ def verify_chain(
         reason = f"log truncated: checkpoint at seq {last_checkpoint}, log ends at seq {head.seq}"
         return VerifyReport(False, records, head, head.seq + 1, None, reason)
     return VerifyReport(True, records, head, None, None, None)
+
+
+def _bounded_lines(lines: Iterable[bytes], max_line_bytes: int) -> Iterator[bytes]:
+    """The lines of ``lines``; a stream is read with ``readline(max_line_bytes + 1)``.
+
+    Iterating a file object reads a whole line whatever its length, so a log
+    with a gigabyte-long line would be held in memory before parse_entry
+    refused it; the bounded read hands parse_entry a piece just over the cap.
+    """
+    readline = getattr(lines, "readline", None)
+    if not callable(readline):
+        yield from lines
+        return
+    while True:
+        line: bytes = readline(max_line_bytes + 1)
+        if not line:
+            return
+        yield line
 
 
 def make_checkpoint(head: ChainHead, time: str, key: Ed25519PrivateKey) -> dict[str, object]:

@@ -41,6 +41,10 @@ FILE_KEY_SIZE = 16
 MAC_SIZE = 32
 MAX_HEADER_SIZE = 256 * 1024
 """Largest header we parse; ours is ~200 bytes, this bounds hostile input."""
+MAX_STANZAS = 1024
+"""Most recipient stanzas we parse (ours has one; age files to many recipients stay far below)."""
+MAX_STANZA_ARGS = 32
+"""Most arguments of one stanza (the types the spec defines take at most two)."""
 
 _ARG_CHARS = re.compile(rb"[\x21-\x7e]+")
 _B64_CHARS = re.compile(rb"[A-Za-z0-9+/]*")
@@ -230,10 +234,16 @@ def _read_line(src: BufferedSource, used: int) -> bytes:
 
 
 def _parse_stanza(src: BufferedSource, first: bytes, raw: bytearray) -> Stanza:
-    """Parse a stanza whose argument line ``first`` was read; append its lines to ``raw``."""
-    words = first[:-1].split(SP)
+    """Parse a stanza whose argument line ``first`` was read; append its lines to ``raw``.
+
+    The split is bounded: a 256 KiB line of one-letter words would otherwise
+    become a hundred thousand objects (tens of MiB) before any check.
+    """
+    words = first[:-1].split(SP, MAX_STANZA_ARGS + 2)
     if words[0] != STANZA_PREFIX or len(words) < 2:
         raise HeaderError("malformed stanza line")
+    if len(words) > MAX_STANZA_ARGS + 2:
+        raise HeaderError(f"stanza has more than {MAX_STANZA_ARGS} arguments")
     if not all(_ARG_CHARS.fullmatch(w) for w in words[1:]):
         raise HeaderError("stanza arguments must be non-empty printable ASCII")
     raw += first
@@ -267,7 +277,8 @@ def parse_header(src: BufferedSource) -> Header:
         The parsed header (the MAC is not verified here).
 
     Raises:
-        HeaderError: the header is malformed, truncated or too large.
+        HeaderError: the header is malformed, truncated, too large, or has
+            more than MAX_STANZAS stanzas or MAX_STANZA_ARGS arguments in one.
     """
     raw = bytearray(src.readline(len(INTRO)))
     if raw != INTRO:
@@ -277,9 +288,11 @@ def parse_header(src: BufferedSource) -> Header:
         first = _read_line(src, len(raw))
         if not first.startswith(STANZA_PREFIX):
             raise HeaderError("expected a stanza or the MAC line")
+        if len(stanzas) == MAX_STANZAS:
+            raise HeaderError(f"header has more than {MAX_STANZAS} stanzas")
         stanzas.append(_parse_stanza(src, first, raw))
     line = _read_line(src, len(raw))
-    words = line[:-1].split(SP)
+    words = line[:-1].split(SP, 2)  # bounded: the line may be 256 KiB of words
     if words[0] != MAC_PREFIX or len(words) != 2:
         raise HeaderError("malformed MAC line")
     try:
