@@ -2,7 +2,8 @@
 
 A certificate is a custody record (:mod:`custody.records`) of kind
 ``erasure-certificate``, signed with the print site's Ed25519 key, whose body
-has exactly :data:`BODY_FIELDS`::
+:mod:`custody.erasure_certificate` defines — the same rules the print site
+applies before it signs and the gateway before it publishes::
 
     {"batch_id", "tenant", "channel": "lgwan"|"dvd",
      "items": [{"kind", "path", "size", "sha256"}, ...],   # hashes taken before erasure
@@ -13,42 +14,43 @@ It counts only when all of these hold (:func:`parse`, then :func:`check_against`
 
 1. It is in the one canonical byte form, at most :data:`MAX_CERTIFICATE_BYTES`,
    signed by the print-site key pinned in ``[printsite] signing_key`` (a changed
-   byte or another key fails), and ``printsite_key`` names that key.
+   byte or another key fails), ``printsite_key`` names that key, and its body
+   passes :func:`custody.check_erasure_body` (exact fields and types, a batch
+   id, at least one ``envelope`` item, ``opened`` exactly when plaintext is listed).
 2. The batch was sealed here: the ward ledger holds its ``sealed`` entry,
    signed by the ward's key (else: unknown batch).
 3. ``tenant`` is the ward's ``[gateway] tenant`` when one is configured.
 4. Every ``envelope``, ``retained`` and ``quarantine`` item is the sealed
    envelope: its SHA-256 and size are the ledger's ``envelope_sha256`` and
-   ``envelope_size``; there is at least one ``envelope`` item.
-5. Every ``plaintext`` item's file name (the last path component) is a sealed
-   file with that size and SHA-256; plaintext items need ``opened`` true.
-6. ``staging`` items (partial copies) are no larger than the envelope;
-   ``receipt-copy`` items are the gateway's receipts and are only shape-checked.
+   ``envelope_size``.
+5. Every ``plaintext`` item lies in the batch's work directory (its directory
+   is ``<batch>``, or ``.opening-<batch>-…`` for an interrupted opening) and its
+   file name is a sealed file with that size and SHA-256; and when the batch
+   was opened, every sealed file is among them (a certificate of an opened
+   batch that leaves a released file out does not say it was erased).
+6. ``staging`` items (partial copies) are no larger than the envelope.
 
 :func:`parse` and :func:`check_against` are pure (bytes and a ledger entry in,
 :class:`Certificate` out, :class:`CertificateError` on the first failed rule).
-:func:`verify_file` is ``lgwan-client verify-certificate FILE``: it reads the file
-(size-capped), checks it and records ``erasure-verified`` in the ward ledger once
-per certificate. :mod:`client.certificate_store` saves the copies ``status``
-downloads from the gateway.
+:func:`check_data` matches a certificate against the ward ledger;
+:mod:`client.certificate_store` does the file I/O: ``lgwan-client
+verify-certificate FILE`` (:func:`client.certificate_store.verify_file`) and the
+copies ``status`` downloads from the gateway.
 """
 
 import hashlib
-import os
-import re
-import stat
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client import ledger
 from client.config import ClientConfig
-from client.errors import ClientError, ConfigError, UsageError
+from client.errors import ClientError, ConfigError, explain
+from client.i18n import _, ngettext
 from custody import (
     KIND_ERASURE_CERTIFICATE,
     CustodyError,
@@ -59,43 +61,26 @@ from custody import (
     loads_record,
     verify_record,
 )
-from envelope.manifest import BATCH_ID_RE
+from custody import erasure_certificate as rules
 
 CERTIFICATE_SUFFIX = ".erasure.json"
 """``/receipts/<batch>.erasure.json`` at the gateway; the same name when saved here."""
-MAX_CERTIFICATE_BYTES = 256 * 1024
-"""Largest certificate read from a file or the gateway, in bytes."""
-
-BODY_FIELDS = (
-    "batch_id",
-    "tenant",
-    "channel",
-    "items",
-    "method",
-    "started_at",
-    "finished_at",
-    "handler",
-    "approver",
-    "opened",
-    "printsite_key",
-)
+MAX_CERTIFICATE_BYTES = rules.MAX_CERTIFICATE_BYTES
+"""Largest certificate read from a file or the gateway, in bytes (the same on every side)."""
+BODY_FIELDS = rules.CERTIFICATE_FIELDS
 """The body of a certificate, exactly these fields."""
-ITEM_FIELDS = ("kind", "path", "size", "sha256")
+ITEM_FIELDS = rules.ITEM_FIELDS
 """One erased item, exactly these fields."""
-CHANNELS = ("lgwan", "dvd")
+CHANNELS = rules.CHANNELS
 
-ITEM_ENVELOPE = "envelope"
-ITEM_PLAINTEXT = "plaintext"
-ITEM_STAGING = "staging"
-ITEM_QUARANTINE = "quarantine"
-ITEM_RETAINED = "retained"
-ITEM_RECEIPT_COPY = "receipt-copy"
-WHOLE_ENVELOPE_ITEMS = (ITEM_ENVELOPE, ITEM_RETAINED, ITEM_QUARANTINE)
+ITEM_ENVELOPE = rules.KIND_ENVELOPE
+ITEM_PLAINTEXT = rules.KIND_PLAINTEXT
+ITEM_STAGING = rules.KIND_STAGING
+ITEM_QUARANTINE = rules.KIND_QUARANTINE
+ITEM_RETAINED = rules.KIND_RETAINED
+WHOLE_ENVELOPE_ITEMS = rules.WHOLE_ENVELOPE_KINDS
 """Item kinds that are complete copies of the sealed envelope."""
-ITEM_KINDS = (*WHOLE_ENVELOPE_ITEMS, ITEM_PLAINTEXT, ITEM_STAGING, ITEM_RECEIPT_COPY)
-
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-MAX_TEXT_CHARS = 4096
+ITEM_KINDS = rules.ITEM_KINDS
 JST = ZoneInfo("Asia/Tokyo")
 
 SETTING = "printsite.signing_key"
@@ -110,17 +95,29 @@ REASON_MISMATCH = "mismatch"
 REASON_LEDGER = "ledger"
 """The ward ledger's sealed entry is not usable."""
 
-_HINTS = {
-    REASON_SIGNATURE: "it is not signed by the pinned [printsite] signing_key, or it was changed "
-    "after signing; do not accept it — ask the contractor for the original",
-    REASON_MALFORMED: "it is not an erasure certificate as the print site writes one; do not "
-    "accept it — ask the contractor for the original",
-    REASON_UNKNOWN_BATCH: "only batches sealed with this ward's ledger can be checked here; "
-    "check the file, and the [ledger] path of the configuration",
-    REASON_MISMATCH: "the certificate does not describe what this ward sealed; do not accept "
-    "it — tell the contractor",
-    REASON_LEDGER: "run 'lgwan-client ledger verify'",
-}
+
+def _hint(reason: str) -> str | None:
+    """What the person should do about a certificate failing ``reason``."""
+    hints = {
+        REASON_SIGNATURE: _(
+            "it is not signed by the pinned [printsite] signing_key, or it was changed after "
+            "signing; do not accept it — ask the contractor for the original"
+        ),
+        REASON_MALFORMED: _(
+            "it is not an erasure certificate as the print site writes one; do not accept it — "
+            "ask the contractor for the original"
+        ),
+        REASON_UNKNOWN_BATCH: _(
+            "only batches sealed with this ward's ledger can be checked here; check the file, "
+            "and the [ledger] path of the configuration"
+        ),
+        REASON_MISMATCH: _(
+            "the certificate does not describe what this ward sealed; do not accept it — "
+            "tell the contractor"
+        ),
+        REASON_LEDGER: _("run 'lgwan-client ledger verify'"),
+    }
+    return hints.get(reason)
 
 
 class CertificateError(ClientError):
@@ -131,23 +128,12 @@ class CertificateError(ClientError):
     """
 
     def __init__(self, message: str, reason: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint or _HINTS.get(reason))
+        super().__init__(message, hint=hint or _hint(reason))
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Item:
-    """One erased copy: what it was, where, and its size and SHA-256 before erasure."""
-
-    kind: str
-    path: str
-    size: int
-    sha256: str
-
-    @property
-    def name(self) -> str:
-        """The last component of ``path`` (a plaintext item's sealed file name)."""
-        return PurePosixPath(self.path).name
+Item = rules.ErasedItem
+"""One erased copy: what it was, where, and its size and SHA-256 before erasure."""
 
 
 @dataclass(frozen=True)
@@ -207,39 +193,55 @@ def parse(data: bytes, key: Ed25519PublicKey) -> Certificate:
         raise CertificateError(str(exc), REASON_SIGNATURE) from None
     except CustodyError as exc:
         raise CertificateError(str(exc), REASON_MALFORMED) from None
-    if set(body) != set(BODY_FIELDS):
-        raise _malformed(f"certificate has fields {sorted(body)}, expected {list(BODY_FIELDS)}")
     signer = fingerprint(key)
-    if body["printsite_key"] != signer:
-        raise _malformed(
-            f"certificate names printsite_key {_short(body['printsite_key'])}, signed by {signer}"
-        )
-    batch = _text(body, "batch_id")
-    if not BATCH_ID_RE.fullmatch(batch):
-        raise _malformed(f"certificate batch_id {_short(batch)} is not a batch id")
-    channel = _text(body, "channel")
-    if channel not in CHANNELS:
-        raise _malformed(f"certificate channel {_short(channel)} is not one of {CHANNELS}")
-    opened = body["opened"]
-    if not isinstance(opened, bool):
-        raise _malformed("certificate field opened is not true or false")
-    started, finished = _time(body, "started_at"), _time(body, "finished_at")
-    if finished < started:
-        raise _malformed("certificate finished_at is before started_at")
+    try:
+        checked = rules.check_erasure_body(body, signer=signer)
+    except rules.BodyError as exc:
+        reason = REASON_MISMATCH if exc.code in rules.CONSISTENCY_CODES else REASON_MALFORMED
+        raise CertificateError(
+            _("certificate: {problem}").format(problem=_body_problem(exc)), reason
+        ) from None
     return Certificate(
-        batch_id=batch,
-        tenant=_text(body, "tenant"),
-        channel=channel,
-        items=_items(body["items"]),
-        method=_text(body, "method"),
-        started_at=started,
-        finished_at=finished,
-        handler=_text(body, "handler"),
-        approver=_text(body, "approver"),
-        opened=opened,
+        batch_id=checked.batch_id,
+        tenant=checked.tenant,
+        channel=checked.channel,
+        items=checked.items,
+        method=checked.method,
+        started_at=checked.started_at,
+        finished_at=checked.finished_at,
+        handler=checked.handler,
+        approver=checked.approver,
+        opened=checked.opened,
         signer=signer,
         sha256=hashlib.sha256(canonical).hexdigest(),
     )
+
+
+def _body_problem(error: rules.BodyError) -> str:
+    """What the shared body check found, in the chosen language."""
+    messages = {
+        "fields": _("the body has fields {fields}, expected {expected}"),
+        "text": _("{field} is not text: {value}"),
+        "batch_id": _("batch_id {value} is not a batch id"),
+        "channel": _("channel {value} is not one of {choices}"),
+        "opened": _("opened is not true or false"),
+        "time": _("{field} is not an ISO 8601 time with a UTC offset: {value}"),
+        "time_order": _("finished_at is before started_at"),
+        "printsite_key": _("printsite_key {value} is not the signer's {signer}"),
+        "items": _("items is not a non-empty list"),
+        "item_fields": _("item {number} has fields {fields}, expected {expected}"),
+        "item_kind": _("item {number}: unknown kind {value}"),
+        "item_path": _("item {number}: path is not text"),
+        "item_size": _("item {number}: size is not a byte count: {value}"),
+        "item_sha256": _("item {number}: sha256 is not 64 hex digits: {value}"),
+        "no_envelope": _("no envelope item (the spool's sealed batch)"),
+        "plaintext_not_opened": _(
+            "item {number}: plaintext listed but the certificate says not opened"
+        ),
+        "opened_without_plaintext": _("the certificate says opened but lists no plaintext item"),
+    }
+    template = messages.get(error.code)
+    return template.format(**error.values) if template is not None else str(error)
 
 
 def check_against(
@@ -259,45 +261,87 @@ def check_against(
     batch = certificate.batch_id
     if sealed is None:
         raise CertificateError(
-            f"unknown batch {batch}: this ward's ledger has no sealed entry", REASON_UNKNOWN_BATCH
+            _("unknown batch {batch}: this ward's ledger has no sealed entry").format(batch=batch),
+            REASON_UNKNOWN_BATCH,
         )
     if tenant and certificate.tenant != tenant:
         raise _mismatch(
-            f"certificate is for tenant {_short(certificate.tenant)}, this ward is {tenant!r}"
+            _("certificate is for tenant {value}, this ward is {tenant}"),
+            value=_short(certificate.tenant),
+            tenant=repr(tenant),
         )
     envelope_sha, envelope_size, files = _sealed(sealed, batch)
-    if not any(item.kind == ITEM_ENVELOPE for item in certificate.items):
-        raise _mismatch("certificate lists no envelope item (the spool's sealed batch)")
     for number, item in enumerate(certificate.items, 1):
-        where = f"item {number} ({item.kind} {_short(item.path)})"
+        where = _("item {number} ({kind} {path})").format(
+            number=number, kind=item.kind, path=_short(item.path)
+        )
         if item.kind in WHOLE_ENVELOPE_ITEMS:
             if item.sha256 != envelope_sha or item.size != envelope_size:
                 raise _mismatch(
-                    f"{where}: {item.size} bytes, SHA-256 {item.sha256[:16]}…; the sealed "
-                    f"envelope is {envelope_size} bytes, SHA-256 {envelope_sha[:16]}…"
+                    _(
+                        "{where}: {size} bytes, SHA-256 {sha256}…; the sealed envelope is "
+                        "{sealed_size} bytes, SHA-256 {sealed_sha256}…"
+                    ).format(
+                        where=where,
+                        size=item.size,
+                        sha256=item.sha256[:16],
+                        sealed_size=envelope_size,
+                        sealed_sha256=envelope_sha[:16],
+                    )
                 )
         elif item.kind == ITEM_PLAINTEXT:
-            _check_plaintext(where, item, files, certificate.opened)
+            _check_plaintext(where, item, files, batch)
         elif item.kind == ITEM_STAGING and item.size > envelope_size:
             raise _mismatch(
-                f"{where}: {item.size} bytes, larger than the sealed envelope "
-                f"({envelope_size} bytes)"
+                _("{where}: {size} bytes, larger than the sealed envelope ({sealed} bytes)"),
+                where=where,
+                size=item.size,
+                sealed=envelope_size,
+            )
+    if certificate.opened:
+        erased = {item.name for item in certificate.items if item.kind == ITEM_PLAINTEXT}
+        left = sorted(set(files) - erased)
+        if left:
+            raise _mismatch(
+                _(
+                    "the batch was opened, but the sealed file {name} is not among the erased"
+                    " plaintext ({count} file(s) missing)"
+                ),
+                name=_short(left[0]),
+                count=len(left),
             )
 
 
 def _check_plaintext(
-    where: str, item: Item, files: Mapping[str, tuple[int, str]], opened: bool
+    where: str, item: Item, files: Mapping[str, tuple[int, str]], batch: str
 ) -> None:
-    if not opened:
-        raise _mismatch(f"{where}: plaintext listed but the certificate says not opened")
+    if not rules.in_work_directory(item, batch):
+        raise _mismatch(
+            _("{where}: not in the work directory of {batch} (…/{batch}/NAME)"),
+            where=where,
+            batch=batch,
+        )
     sealed = files.get(item.name)
     if sealed is None:
-        raise _mismatch(f"{where}: {_short(item.name)} is not a file of the sealed batch")
+        raise _mismatch(
+            _("{where}: {name} is not a file of the sealed batch"),
+            where=where,
+            name=_short(item.name),
+        )
     size, sha = sealed
     if item.size != size or item.sha256 != sha:
         raise _mismatch(
-            f"{where}: {item.size} bytes, SHA-256 {item.sha256[:16]}…; the sealed file "
-            f"{item.name} is {size} bytes, SHA-256 {sha[:16]}…"
+            _(
+                "{where}: {size} bytes, SHA-256 {sha256}…; the sealed file {name} is "
+                "{sealed_size} bytes, SHA-256 {sealed_sha256}…"
+            ).format(
+                where=where,
+                size=item.size,
+                sha256=item.sha256[:16],
+                name=item.name,
+                sealed_size=size,
+                sealed_sha256=sha[:16],
+            )
         )
 
 
@@ -313,60 +357,20 @@ def _sealed(entry: Mapping[str, object], batch: str) -> tuple[str, int, dict[str
             files[name] = (int(str(file_size)), file_sha)
     if not isinstance(sha, str) or not _is_size(size) or not files:
         raise CertificateError(
-            f"ledger: the sealed entry of {batch} lacks the envelope or files", REASON_LEDGER
+            _("ledger: the sealed entry of {batch} lacks the envelope or files").format(
+                batch=batch
+            ),
+            REASON_LEDGER,
         )
     return sha, int(str(size)), files
-
-
-def _items(value: object) -> tuple[Item, ...]:
-    if not isinstance(value, list) or not value:
-        raise _malformed("certificate items is not a non-empty list")
-    items = []
-    for number, raw in enumerate(value, 1):
-        if not isinstance(raw, dict) or set(raw) != set(ITEM_FIELDS):
-            shown = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-            raise _malformed(f"item {number} has fields {shown}, expected {list(ITEM_FIELDS)}")
-        kind, path, size, sha = raw["kind"], raw["path"], raw["size"], raw["sha256"]
-        if kind not in ITEM_KINDS:
-            raise _malformed(f"item {number}: unknown kind {_short(kind)}")
-        if not isinstance(path, str) or not path or len(path) > MAX_TEXT_CHARS:
-            raise _malformed(f"item {number}: path is not text")
-        if not _is_size(size):
-            raise _malformed(f"item {number}: size is not a byte count: {_short(size)}")
-        if not isinstance(sha, str) or not SHA256_RE.fullmatch(sha):
-            raise _malformed(f"item {number}: sha256 is not 64 hex digits: {_short(sha)}")
-        items.append(Item(str(kind), path, int(str(size)), sha))
-    return tuple(items)
 
 
 def _is_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _text(body: Mapping[str, object], name: str) -> str:
-    value = body[name]
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT_CHARS:
-        raise _malformed(f"certificate {name} is not text: {_short(value)}")
-    return value
-
-
-def _time(body: Mapping[str, object], name: str) -> datetime:
-    value = body[name]
-    try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise _malformed(f"certificate {name} is not an ISO 8601 time with offset: {_short(value)}")
-    return moment
-
-
-def _malformed(message: str) -> CertificateError:
-    return CertificateError(message, REASON_MALFORMED)
-
-
-def _mismatch(message: str) -> CertificateError:
-    return CertificateError(message, REASON_MISMATCH)
+def _mismatch(message: str, **values: object) -> CertificateError:
+    return CertificateError(message.format(**values), REASON_MISMATCH)
 
 
 def _short(value: object) -> str:
@@ -386,17 +390,37 @@ def summary(verified: Verified) -> str:
     cert = verified.certificate
     kinds = ", ".join(f"{count} {kind}" for kind, count in cert.counts().items())
     done = f"{cert.finished_at.astimezone(JST):%Y-%m-%d %H:%M:%S} JST"
-    ledger_note = (
-        f"recorded as ledger seq {verified.ledger_seq}"
-        if verified.recorded
-        else f"already recorded as ledger seq {verified.ledger_seq}"
-    )
-    return (
-        f"ok: {cert.batch_id}: erasure certificate verified: {len(cert.items)} "
-        f"item{'' if len(cert.items) == 1 else 's'} erased ({kinds}) by {display(cert.handler)}, "
-        f"approved by {display(cert.approver)}, finished {done}; signed by {cert.signer}; "
-        f"{ledger_note}"
-    )
+    values = {
+        "batch": cert.batch_id,
+        "count": len(cert.items),
+        "kinds": kinds,
+        "handler": display(cert.handler),
+        "approver": display(cert.approver),
+        "done": done,
+        "signer": cert.signer,
+        "seq": verified.ledger_seq,
+    }
+    if verified.recorded:
+        text = ngettext(
+            "ok: {batch}: erasure certificate verified: {count} item erased ({kinds}) by "
+            "{handler}, approved by {approver}, finished {done}; signed by {signer}; "
+            "recorded as ledger seq {seq}",
+            "ok: {batch}: erasure certificate verified: {count} items erased ({kinds}) by "
+            "{handler}, approved by {approver}, finished {done}; signed by {signer}; "
+            "recorded as ledger seq {seq}",
+            len(cert.items),
+        )
+    else:
+        text = ngettext(
+            "ok: {batch}: erasure certificate verified: {count} item erased ({kinds}) by "
+            "{handler}, approved by {approver}, finished {done}; signed by {signer}; "
+            "already recorded as ledger seq {seq}",
+            "ok: {batch}: erasure certificate verified: {count} items erased ({kinds}) by "
+            "{handler}, approved by {approver}, finished {done}; signed by {signer}; "
+            "already recorded as ledger seq {seq}",
+            len(cert.items),
+        )
+    return text.format(**values)
 
 
 # --- I/O: configuration, files and the ledger ----------------------------------------
@@ -414,49 +438,7 @@ def printsite_key(config: ClientConfig) -> Ed25519PublicKey | None:
     try:
         return load_public_key(line)
     except CustodyError as exc:
-        raise ConfigError(_source(config), SETTING, str(exc)) from None
-
-
-def required_printsite_key(config: ClientConfig) -> Ed25519PublicKey:
-    """The pinned print-site key; its absence is a configuration error.
-
-    Raises:
-        ConfigError: empty or malformed (exit 78), with a hint.
-    """
-    key = printsite_key(config)
-    if key is None:
-        error = ConfigError(_source(config), SETTING, "is empty: no print-site key is pinned")
-        error.hint = (
-            'set [printsite] signing_key = "ssh-ed25519 AAAA…", the print site\'s key as the '
-            "contractor issued it (never a key taken from the certificate itself)"
-        )
-        raise error
-    return key
-
-
-def read_file(path: Path) -> bytes:
-    """Read a certificate file, at most :data:`MAX_CERTIFICATE_BYTES`.
-
-    Raises:
-        UsageError: no such file. ClientError: unreadable, not a regular
-            file, or larger than the cap.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file", hint="give the certificate's path") from None
-    except OSError as exc:
-        raise ClientError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ClientError(f"{path}: not a regular file")
-        data = handle.read(MAX_CERTIFICATE_BYTES + 1)
-    if len(data) > MAX_CERTIFICATE_BYTES:
-        raise CertificateError(
-            f"{path}: larger than {MAX_CERTIFICATE_BYTES} bytes; not an erasure certificate",
-            REASON_MALFORMED,
-        )
-    return data
+        raise ConfigError(source(config), SETTING, explain(exc)) from None
 
 
 def sealed_entry(
@@ -476,7 +458,10 @@ def sealed_entry(
             ledger.check_signature(found, ward_key)
         except CustodyError as exc:
             raise CertificateError(
-                f"ledger: the sealed entry of {batch} is not valid: {exc}", REASON_LEDGER
+                _("ledger: the sealed entry of {batch} is not valid: {reason}").format(
+                    batch=batch, reason=exc
+                ),
+                REASON_LEDGER,
             ) from None
     return found
 
@@ -511,42 +496,6 @@ def check_data(
     return certificate
 
 
-def verify_file(config: ClientConfig, path: Path) -> Verified:
-    """``verify-certificate FILE``: check it, then record ``erasure-verified`` once.
-
-    Raises:
-        ConfigError: no or a malformed ``[printsite] signing_key``, or the
-            ward key (78). UsageError: no such file (2). CertificateError:
-            the certificate does not verify or does not match (1).
-    """
-    key = required_printsite_key(config)
-    data = read_file(path)
-    ward_key = ledger.load_key(config.path(config.identity.private_key), "identity.private_key")
-    try:
-        certificate = check_data(config, data, key, ward_key.public_key())
-    except CertificateError as exc:
-        raise CertificateError(f"{path}: does not verify: {exc}", exc.reason) from None
-    return _record(config, ward_key, certificate)
-
-
-def _record(config: ClientConfig, ward_key: Ed25519PrivateKey, cert: Certificate) -> Verified:
-    """Record ``erasure-verified`` unless this certificate already is (under the ledger lock)."""
-    with ledger.Ledger.open(config.path(config.ledger.path), ward_key) as book:
-        seq = recorded_seq(book.entries(cert.batch_id), cert)
-        if seq is not None:
-            return Verified(cert, seq, recorded=False)
-        entry = book.record(
-            ledger.EVENT_ERASURE_VERIFIED,
-            batch=cert.batch_id,
-            certificate_sha256=cert.sha256,
-            certificate_signer=cert.signer,
-            items=len(cert.items),
-            erased_at=cert.finished_at.isoformat(),
-            handler=config.handler_name(),
-        )
-    seq_value = entry.get("seq")
-    return Verified(cert, seq_value if isinstance(seq_value, int) else 0, recorded=True)
-
-
-def _source(config: ClientConfig) -> str:
-    return str(config.source) if config.source else "(defaults)"
+def source(config: ClientConfig) -> str:
+    """The configuration file's name for messages."""
+    return str(config.source) if config.source else _("(defaults)")

@@ -12,11 +12,22 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client import certificate, dvd_cli, identity, ledger_cli, sample, seal, send, status
+from client import (
+    certificate,
+    certificate_store,
+    dvd_cli,
+    identity,
+    ledger_cli,
+    sample,
+    seal,
+    send,
+    status,
+)
 from client import config as config_mod
-from client.errors import ClientError, UsageError
+from client.errors import ClientError, UsageError, explain
 from client.i18n import _, add_lang_argument, choose, install
 from client.ui import progress_bar
+from custody import CustodyError
 from envelope import EnvelopeError
 
 PROG = "lgwan-client"
@@ -28,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() maps every error once."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint=f"run '{self.prog} --help'")
+        raise UsageError(message, hint=_("run '{prog} --help'").format(prog=self.prog))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -37,41 +48,56 @@ def _build_parser() -> argparse.ArgumentParser:
     add_lang_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("keygen", help="create the ward's Ed25519 key pair")
-    p.add_argument("--out", metavar="PATH", type=Path, help="private key path")
+    p = sub.add_parser("keygen", help=_("create the ward's Ed25519 key pair"))
+    p.add_argument("--out", metavar="PATH", type=Path, help=_("private key path"))
     p.set_defaults(run=_cmd_keygen)
 
-    p = sub.add_parser("sample", help="write synthetic 介護保険料納入通知書 print data")
-    p.add_argument("--records", type=int, required=True, metavar="N")
-    p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--fiscal-year", type=int, metavar="YYYY")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p = sub.add_parser("sample", help=_("write synthetic 介護保険料納入通知書 print data"))
+    p.add_argument("--records", type=int, required=True, metavar="N", help=_("number of rows"))
+    p.add_argument("--seed", type=int, metavar="S", help=_("random seed, for the same data again"))
+    p.add_argument(
+        "--fiscal-year", type=int, metavar="YYYY", help=_("賦課年度 (default: the current one)")
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help=_("CSV file to write"))
     p.set_defaults(run=_cmd_sample)
 
-    p = sub.add_parser("seal", help="encrypt print files into one batch envelope")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--notice-type", required=True, metavar="TYPE", help="e.g. KAIGO")
-    p.add_argument("--out-dir", type=Path, metavar="DIR")
-    p.add_argument("--notice-dir", type=Path, metavar="DIR")
+    p = sub.add_parser("seal", help=_("encrypt print files into one batch envelope"))
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help=_("print data (CSV)"))
+    p.add_argument(
+        "--notice-type", required=True, metavar="TYPE", help=_("notice type, e.g. KAIGO")
+    )
+    p.add_argument(
+        "--out-dir", type=Path, metavar="DIR", help=_("where the envelope goes (default: out_dir)")
+    )
+    p.add_argument(
+        "--notice-dir",
+        type=Path,
+        metavar="DIR",
+        help=_("where the password notice goes (default: notice_dir)"),
+    )
     p.set_defaults(run=_cmd_seal)
 
-    p = sub.add_parser("send", help="upload a sealed batch to the gateway and verify its receipt")
-    p.add_argument("target", metavar="BATCH|FILE.age", help="batch id (in out_dir) or .age file")
-    p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
-    p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
+    p = sub.add_parser(
+        "send", help=_("upload a sealed batch to the gateway and verify its receipt")
+    )
+    p.add_argument("target", metavar="BATCH|FILE.age", help=_("batch id (in out_dir) or .age file"))
+    p.add_argument("--password-fd", type=int, metavar="N", help=_("read the password from fd N"))
+    p.add_argument("--key", type=Path, metavar="PATH", help=_("private key (default: identity)"))
     p.set_defaults(run=_cmd_send)
 
-    p = sub.add_parser("status", help="show the gateway's signed state of the ward's batches")
-    p.add_argument("batch", nargs="?", metavar="BATCH", help="one batch id (default: all)")
-    p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
-    p.add_argument("--key", type=Path, metavar="PATH", help="private key (default: identity)")
+    p = sub.add_parser("status", help=_("show the gateway's signed state of the ward's batches"))
+    p.add_argument("batch", nargs="?", metavar="BATCH", help=_("one batch id (default: all)"))
+    p.add_argument("--password-fd", type=int, metavar="N", help=_("read the password from fd N"))
+    p.add_argument("--key", type=Path, metavar="PATH", help=_("private key (default: identity)"))
     p.set_defaults(run=_cmd_status)
 
     p = sub.add_parser(
         "verify-certificate",
-        help="check the print site's erasure certificate against the ledger and record it",
+        help=_("check the print site's erasure certificate against the ledger and record it"),
     )
-    p.add_argument("file", type=Path, metavar="FILE", help="<batch>.erasure.json")
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help=_("the certificate file, <batch>.erasure.json")
+    )
     p.set_defaults(run=_cmd_verify_certificate)
 
     ledger_cli.register(sub)
@@ -99,7 +125,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_seal(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     total = sum(_size(p) for p in args.files) * 2  # validation pass + encryption pass
-    with progress_bar("sealing", total) as advance:
+    with progress_bar(_("sealing"), total) as advance:
         result = seal.seal(
             args.files,
             args.notice_type,
@@ -115,29 +141,50 @@ def _cmd_seal(args: argparse.Namespace) -> int:
 def _cmd_send(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     gw = cfg.gateway
-    prompt = f"Password for {gw.user}@{gw.host}: "
+    prompt = _("Password for {user}@{host}: ").format(user=gw.user, host=gw.host)
     result = send.send(
         args.target,
         cfg,
         password=lambda: read_secret(args.password_fd, prompt, option="--password-fd"),
         key_path=args.key,
     )
-    how = "already received earlier" if result.already_received else "received"
-    if result.resumed_from:
-        how += f" (resumed at {result.resumed_from} bytes)"
     print(result.batch_id)
-    print(
-        f"{PROG}: {result.batch_id}: {how} by the gateway at {result.received_at}; "
-        f"{result.size} bytes, SHA-256 {result.sha256}; receipt signed by {result.receipt_signer}",
-        file=sys.stderr,
-    )
+    _note(_send_summary(result), None)
     return EXIT_OK
+
+
+def _send_summary(result: send.SendResult) -> str:
+    """The stderr line after a send: how the gateway received it, and what the receipt says."""
+    values = {
+        "batch": result.batch_id,
+        "at": result.received_at,
+        "size": result.size,
+        "sha256": result.sha256,
+        "signer": result.receipt_signer,
+        "offset": result.resumed_from,
+    }
+    if result.already_received:
+        text = _(
+            "{batch}: already received earlier by the gateway at {at}; {size} bytes, "
+            "SHA-256 {sha256}; receipt signed by {signer}"
+        )
+    elif result.resumed_from:
+        text = _(
+            "{batch}: received (resumed at {offset} bytes) by the gateway at {at}; {size} bytes, "
+            "SHA-256 {sha256}; receipt signed by {signer}"
+        )
+    else:
+        text = _(
+            "{batch}: received by the gateway at {at}; {size} bytes, SHA-256 {sha256}; "
+            "receipt signed by {signer}"
+        )
+    return text.format(**values)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     gw = cfg.gateway
-    prompt = f"Password for {gw.user}@{gw.host}: "
+    prompt = _("Password for {user}@{host}: ").format(user=gw.user, host=gw.host)
     found = status.status(
         cfg,
         password=lambda: read_secret(args.password_fd, prompt, option="--password-fd"),
@@ -158,16 +205,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     invalid = [item.batch_id for item in found if not item.valid]
     if invalid:
         _error(
-            f"{len(invalid)} record(s) from the gateway do not verify: {', '.join(invalid)}",
-            "do not rely on these states; tell the contractor (the records are not signed "
-            "by the pinned gateway.receipt_key for these batches)",
+            _("{count} record(s) from the gateway do not verify: {batches}").format(
+                count=len(invalid), batches=", ".join(invalid)
+            ),
+            _(
+                "do not rely on these states; tell the contractor (the records are not signed "
+                "by the pinned gateway.receipt_key for these batches)"
+            ),
         )
     return EXIT_FAILED if invalid or any(note.failed for note in notes) else EXIT_OK
 
 
 def _cmd_verify_certificate(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    verified = certificate.verify_file(cfg, args.file)
+    verified = certificate_store.verify_file(cfg, args.file)
     print(certificate.summary(verified))
     return EXIT_OK
 
@@ -182,7 +233,10 @@ def read_secret(fd: int | None, prompt: str, *, option: str) -> str:
     """
     if fd is None:
         if not sys.stdin.isatty():
-            raise UsageError("no terminal to ask for the password on", hint=f"give {option} N")
+            raise UsageError(
+                _("no terminal to ask for the password on"),
+                hint=_("give {option} N").format(option=option),
+            )
         return getpass.getpass(prompt)
     chunks: list[bytes] = []
     size = 0
@@ -193,14 +247,16 @@ def read_secret(fd: int | None, prompt: str, *, option: str) -> str:
             if b"\n" in block:
                 break
     except OSError as exc:
-        raise UsageError(f"cannot read file descriptor {fd}: {exc.strerror}") from None
+        raise UsageError(
+            _("cannot read file descriptor {fd}: {reason}").format(fd=fd, reason=exc.strerror)
+        ) from None
     if size > MAX_SECRET_BYTES:
-        raise UsageError(f"file descriptor {fd} holds more than a secret")
+        raise UsageError(_("file descriptor {fd} holds more than a secret").format(fd=fd))
     line = b"".join(chunks).split(b"\n", 1)[0].rstrip(b"\r")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"file descriptor {fd} does not hold UTF-8 text") from None
+        raise UsageError(_("file descriptor {fd} does not hold UTF-8 text").format(fd=fd)) from None
 
 
 def _size(path: Path) -> int:
@@ -226,14 +282,14 @@ def run(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None
     except ClientError as exc:
         _error(str(exc), exc.hint)
         return exc.exit_code
-    except EnvelopeError as exc:
-        _error(str(exc), None)
+    except (EnvelopeError, CustodyError) as exc:
+        _error(explain(exc), None)
         return EXIT_FAILED
     except KeyboardInterrupt:
         _error(_("interrupted; nothing was completed"), None)
         return 130
     except OSError as exc:
-        _error(f"{exc.filename or 'I/O'}: {exc.strerror or exc}", None)
+        _error(f"{exc.filename or _('I/O')}: {exc.strerror or exc}", None)
         return EXIT_FAILED
 
 
@@ -246,7 +302,7 @@ def _error(message: str, hint: str | None) -> None:
 def _note(message: str, hint: str | None) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"{_('hint')}: {hint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import ConfigError
+from client.i18n import _
 
 ENV_VAR = "LGWAN_CLIENT_CONFIG"
 CONFIG_DIR_NAME = "config"
@@ -134,20 +135,22 @@ def load(explicit: str | None) -> ClientConfig:
     path = Path(named) if named else DEFAULT_PATH
     if not path.exists():
         if named:
-            raise ConfigError(str(path), None, "configuration file not found")
+            raise ConfigError(str(path), None, _("configuration file not found"))
         return _checked(ClientConfig())
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), None, f"cannot read TOML: {exc}") from None
+        raise ConfigError(
+            str(path), None, _("cannot read TOML: {reason}").format(reason=exc)
+        ) from None
     sections: dict[str, Any] = {}
     for name, table in raw.items():
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(str(path), name, "unknown section")
+            raise ConfigError(str(path), name, _("unknown section"))
         if not isinstance(table, dict):
-            raise ConfigError(str(path), name, "must be a table")
+            raise ConfigError(str(path), name, _("must be a table"))
         sections[name] = _section(cls, table, str(path), name)
     config = ClientConfig(**sections, base_dir=deployment_root(path), source=path)
     return _checked(config)
@@ -159,41 +162,48 @@ def _section(cls: type[Any], table: dict[str, Any], file: str, prefix: str) -> A
     for key, value in table.items():
         spec = known.get(key)
         if spec is None:
-            raise ConfigError(file, f"{prefix}.{key}", "unknown key")
+            raise ConfigError(file, f"{prefix}.{key}", _("unknown key"))
         expected = type(getattr(cls(), key))
         if type(value) is not expected:
-            raise ConfigError(
-                file, f"{prefix}.{key}", f"must be {expected.__name__}, not {type(value).__name__}"
+            message = _("must be {expected}, not {actual}").format(
+                expected=expected.__name__, actual=type(value).__name__
             )
+            raise ConfigError(file, f"{prefix}.{key}", message)
     return cls(**table)
 
 
 def _checked(config: ClientConfig) -> ClientConfig:
     """Validate values that types alone do not constrain."""
-    file = str(config.source) if config.source else "(defaults)"
+    file = str(config.source) if config.source else _("(defaults)")
     low, high = WORK_FACTOR_RANGE
     if not low <= config.seal.work_factor <= high:
-        raise ConfigError(file, "seal.work_factor", f"must be between {low} and {high}")
+        raise ConfigError(
+            file,
+            "seal.work_factor",
+            _("must be between {low} and {high}").format(low=low, high=high),
+        )
     try:
         "テスト".encode(config.seal.csv_encoding)
     except LookupError:
-        raise ConfigError(file, "seal.csv_encoding", "unknown encoding") from None
+        raise ConfigError(file, "seal.csv_encoding", _("unknown encoding")) from None
     except UnicodeEncodeError:
-        raise ConfigError(file, "seal.csv_encoding", "cannot encode Japanese text") from None
+        raise ConfigError(file, "seal.csv_encoding", _("cannot encode Japanese text")) from None
     if not 0 < config.gateway.port < 65536:
-        raise ConfigError(file, "gateway.port", "must be between 1 and 65535")
+        raise ConfigError(
+            file, "gateway.port", _("must be between {low} and {high}").format(low=1, high=65535)
+        )
     if config.ledger.min_gap_minutes < 0:
-        raise ConfigError(file, "ledger.min_gap_minutes", "must not be negative")
+        raise ConfigError(file, "ledger.min_gap_minutes", _("must not be negative"))
     if config.ledger.outstanding_days < 1:
-        raise ConfigError(file, "ledger.outstanding_days", "must be at least 1")
+        raise ConfigError(file, "ledger.outstanding_days", _("must be at least 1"))
     if config.dvd.split_bytes < 1024 * 1024:
-        raise ConfigError(file, "dvd.split_bytes", "must be at least 1 MiB")
+        raise ConfigError(file, "dvd.split_bytes", _("must be at least 1 MiB"))
     if not (config.dvd.serial_prefix.isascii() and config.dvd.serial_prefix.isalnum()):
-        raise ConfigError(file, "dvd.serial_prefix", "must be ASCII letters and digits")
+        raise ConfigError(file, "dvd.serial_prefix", _("must be ASCII letters and digits"))
     if config.gateway.connect_timeout_seconds < 1:
-        raise ConfigError(file, "gateway.connect_timeout_seconds", "must be at least 1")
+        raise ConfigError(file, "gateway.connect_timeout_seconds", _("must be at least 1"))
     if not config.printsite.certificate_dir.strip():
-        raise ConfigError(file, "printsite.certificate_dir", "must not be empty")
+        raise ConfigError(file, "printsite.certificate_dir", _("must not be empty"))
     check_private_key_mode(config.path(config.identity.private_key), file)
     return config
 
@@ -210,16 +220,16 @@ def check_private_key_mode(key: Path, file: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ConfigError(file, "identity.private_key", f"cannot stat {key}: {exc}") from None
+        message = _("cannot stat {path}: {reason}").format(path=key, reason=exc.strerror or exc)
+        raise ConfigError(file, "identity.private_key", message) from None
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(file, "identity.private_key", f"{key} is not a regular file")
+        message = _("{path} is not a regular file").format(path=key)
+        raise ConfigError(file, "identity.private_key", message)
     if info.st_mode & 0o077:
-        raise ConfigError(
-            file,
-            "identity.private_key",
-            f"{key} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run: chmod 600 {key}",
+        message = _("{path} is readable by others (mode {mode}); run: chmod 600 {path}").format(
+            path=key, mode=f"{stat.S_IMODE(info.st_mode):04o}"
         )
+        raise ConfigError(file, "identity.private_key", message)
 
 
 def deployment_root(config_file: Path) -> Path:

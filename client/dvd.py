@@ -34,6 +34,7 @@ from client import dvd_7z, dvd_iso, dvd_layout, ledger
 from client.config import ClientConfig
 from client.dvd_layout import KIND_7Z, KIND_AGE, DiscSet
 from client.errors import ClientError, UsageError
+from client.i18n import _
 from custody import CustodyError
 from envelope import PassphraseError, passphrase
 from envelope.manifest import BATCH_ID_RE
@@ -86,11 +87,18 @@ def resolve(target: str, config: ClientConfig) -> tuple[str, Path]:
         batch = path.name.removesuffix(AGE_SUFFIX)
         if path.suffix != AGE_SUFFIX or not BATCH_ID_RE.fullmatch(batch):
             raise UsageError(
-                f"{target!r} is neither a batch id nor a <batch-id>.age file",
-                hint="give the batch id printed by seal, e.g. 20260715-KAIGO-7F3KQ2",
+                _("{target} is neither a batch id nor a <batch-id>.age file").format(
+                    target=repr(target)
+                ),
+                hint=_("give the batch id printed by seal, e.g. {example}").format(
+                    example="20260715-KAIGO-7F3KQ2"
+                ),
             )
     if not path.is_file():
-        raise UsageError(f"{path}: no such sealed batch", hint="check the batch id or the path")
+        raise UsageError(
+            _("{path}: no such sealed batch").format(path=path),
+            hint=_("check the batch id or the path"),
+        )
     return batch, path.absolute()
 
 
@@ -103,13 +111,19 @@ def sealed_entry(path: Path, batch: str, key: Ed25519PrivateKey) -> dict[str, ob
     found = [e for e in ledger.entries(path, batch) if e.get("event") == ledger.EVENT_SEALED]
     if not found:
         raise ClientError(
-            f"batch {batch} was never sealed (no sealed entry in the ledger {path})",
-            hint="only batches sealed with the ward's key can be put on DVD",
+            _("batch {batch} was never sealed (no sealed entry in the ledger {path})").format(
+                batch=batch, path=path
+            ),
+            hint=_("only batches sealed with the ward's key can be put on DVD"),
         )
     try:
         ledger.check_signature(found[-1], key.public_key())
     except CustodyError as exc:
-        raise ClientError(f"ledger: the sealed entry of {batch} is not valid: {exc}") from None
+        raise ClientError(
+            _("ledger: the sealed entry of {batch} is not valid: {reason}").format(
+                batch=batch, reason=exc
+            )
+        ) from None
     return found[-1]
 
 
@@ -174,7 +188,9 @@ def make_dvd(
             enough space, or an image that does not verify (exit 1).
     """
     if kind not in KINDS:
-        raise UsageError(f"unknown format {kind!r}", hint="use age or 7z")
+        raise UsageError(
+            _("unknown format {kind}").format(kind=repr(kind)), hint=_("use age or 7z")
+        )
     batch, envelope, out, key, sealed = check(target, out, config)
     created = (now or datetime.now().astimezone()).astimezone().replace(microsecond=0)
     job = DiscSet(
@@ -192,11 +208,11 @@ def make_dvd(
         _check_space(out.parent, dvd_layout.image_estimate(ranges))
         return _burn(job, envelope, out, config, key, created, progress)
     if secret is None:
-        raise UsageError("the 7z format needs the batch passphrase")
+        raise UsageError(_("the 7z format needs the batch passphrase"))
     try:
         canonical = passphrase.normalize(secret)
     except PassphraseError as exc:
-        raise ClientError(str(exc), hint="type it again from the password notice") from None
+        raise ClientError(str(exc), hint=_("type it again from the password notice")) from None
     files = _sealed_files(sealed)
     plain = sum(int(str(f["size"])) for f in files)
     archive_bytes = plain + ARCHIVE_OVERHEAD_BYTES
@@ -230,8 +246,10 @@ def _burn(
     whole, part_sums = dvd_iso.hash_ranges(payload, ranges, progress)
     if job.kind == KIND_AGE and whole != job.envelope_sha256:
         raise ClientError(
-            f"{payload.name}: the envelope differs from the one sealed (SHA-256)",
-            hint="seal the print data again",
+            _("{name}: the envelope differs from the one sealed (SHA-256)").format(
+                name=payload.name
+            ),
+            hint=_("seal the print data again"),
         )
     paths = dvd_layout.image_paths(out, len(ranges))
     _refuse_existing(paths)
@@ -254,7 +272,11 @@ def _burn(
                 dvd_iso.write_image(temp, label, layout, limit=limit, progress=progress)
                 size, sha = dvd_iso.verify_image(temp, label, layout, progress)
                 if size > limit:
-                    raise ClientError(f"{temp.name}: {size} bytes exceed dvd.split_bytes")
+                    raise ClientError(
+                        _("{name}: {size} bytes exceed dvd.split_bytes").format(
+                            name=temp.name, size=size
+                        )
+                    )
                 discs.append(Disc(serial, label, part, paths[part - 1], size, sha))
             for disc, temp in zip(discs, temps, strict=True):
                 _publish(temp, disc.path)
@@ -263,7 +285,9 @@ def _burn(
             entry = book.record(EVENT_DVD_CREATED, **_entry_fields(job, discs, payload_size, whole))
         except FileExistsError as exc:
             _remove(named)
-            raise ClientError(f"{exc.filename}: already exists; nothing was written") from None
+            raise ClientError(
+                _("{path}: already exists; nothing was written").format(path=exc.filename)
+            ) from None
         except BaseException:
             _remove(named)
             raise
@@ -301,7 +325,9 @@ def _entry_fields(job: DiscSet, discs: list[Disc], size: int, whole: str) -> dic
 def _field(entry: Mapping[str, object], name: str, kind: type[_T]) -> _T:
     value = entry.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ClientError(f"ledger: the sealed entry has no valid {name!r}")
+        raise ClientError(
+            _("ledger: the sealed entry has no valid {field}").format(field=repr(name))
+        )
     return value
 
 
@@ -310,34 +336,47 @@ def _sealed_files(entry: Mapping[str, object]) -> list[dict[str, object]]:
     if not isinstance(files, list) or not all(
         isinstance(f, dict) and isinstance(f.get("size"), int) for f in files
     ):
-        raise ClientError("ledger: the sealed entry has no valid 'files'")
+        raise ClientError(
+            _("ledger: the sealed entry has no valid {field}").format(field=repr("files"))
+        )
     return files
 
 
 def _check_out(out: Path) -> Path:
     """The absolute image path; its directory is created (0700) when missing."""
     if out.suffix.lower() != ISO_SUFFIX or out.name.startswith("."):
-        raise UsageError(f"{out}: the image name must end in .iso", hint="e.g. --out batch.iso")
+        raise UsageError(
+            _("{path}: the image name must end in .iso").format(path=out),
+            hint=_("e.g. --out batch.iso"),
+        )
     out = out.absolute()
     try:
         out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise ClientError(f"{out.parent}: cannot create directory: {exc.strerror}") from None
+        raise ClientError(
+            _("{path}: cannot create directory: {reason}").format(
+                path=out.parent, reason=exc.strerror
+            )
+        ) from None
     return out
 
 
 def _refuse_existing(paths: list[Path]) -> None:
     for path in paths:
         if path.exists() or path.is_symlink():
-            raise ClientError(f"{path} already exists", hint="choose another --out name")
+            raise ClientError(
+                _("{path} already exists").format(path=path), hint=_("choose another --out name")
+            )
 
 
 def _check_space(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed + SPACE_MARGIN_BYTES:
         raise ClientError(
-            f"not enough space in {directory}: {needed + SPACE_MARGIN_BYTES} bytes needed, "
-            f"{free} free; nothing was written"
+            _(
+                "not enough space in {path}: {needed} bytes needed, {free} free; "
+                "nothing was written"
+            ).format(path=directory, needed=needed + SPACE_MARGIN_BYTES, free=free)
         )
 
 

@@ -29,6 +29,7 @@ from py7zr.io import Py7zIO, WriterFactory
 
 from client.config import WORK_FACTOR_RANGE
 from client.errors import ClientError
+from client.i18n import _
 from envelope import DecryptingReader, EnvelopeError, NoMatchError
 from envelope.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, parse
 
@@ -115,7 +116,11 @@ def extract_verified(
     try:
         source = envelope_path.open("rb")
     except OSError as exc:
-        raise ClientError(f"{envelope_path}: cannot open: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot open: {reason}").format(
+                path=envelope_path, reason=exc.strerror or exc
+            )
+        ) from None
     with source:
         hashing = _HashingReader(source, progress)
         buffered = io.BufferedReader(hashing, _BLOCK)
@@ -124,24 +129,36 @@ def extract_verified(
             with tarfile.open(fileobj=reader, mode="r|", bufsize=_BLOCK) as tar:
                 manifest = _read_manifest(tar)
                 if manifest.batch_id != batch_id:
-                    raise ClientError(f"{envelope_path.name} holds batch {manifest.batch_id}")
+                    raise ClientError(
+                        _("{name} holds batch {batch}").format(
+                            name=envelope_path.name, batch=manifest.batch_id
+                        )
+                    )
                 expected = {f.name: f for f in manifest.files}
                 while (member := tar.next()) is not None:
                     _extract_member(tar, member, expected, dest)
                 if expected:
-                    raise ClientError(f"{len(expected)} file(s) of the manifest are missing")
+                    raise ClientError(
+                        _("{count} file(s) of the manifest are missing").format(count=len(expected))
+                    )
             _drain(reader)
             while buffered.read(_BLOCK):  # hash to the very end of the file
                 pass
         except NoMatchError:
             raise ClientError(
-                f"the passphrase does not open batch {batch_id}",
-                hint="check it against the password notice for this batch id",
+                _("the passphrase does not open batch {batch}").format(batch=batch_id),
+                hint=_("check it against the password notice for this batch id"),
             ) from None
         except (EnvelopeError, tarfile.TarError) as exc:
-            raise ClientError(f"{envelope_path.name}: damaged or changed envelope: {exc}") from None
+            raise ClientError(
+                _("{name}: damaged or changed envelope: {reason}").format(
+                    name=envelope_path.name, reason=exc
+                )
+            ) from None
     if hashing.digest.hexdigest() != envelope_sha256:
-        raise ClientError(f"{envelope_path.name}: the envelope differs from the one sealed")
+        raise ClientError(
+            _("{name}: the envelope differs from the one sealed").format(name=envelope_path.name)
+        )
     return manifest
 
 
@@ -152,7 +169,9 @@ def build_archive(files_dir: Path, manifest: Manifest, archive: Path, secret: st
         ClientError: a print file is itself named SHA256SUMS, or writing failed.
     """
     if any(f.name == SUMS_NAME for f in manifest.files):
-        raise ClientError(f"the batch holds a file named {SUMS_NAME}; use the age format")
+        raise ClientError(
+            _("the batch holds a file named {name}; use the age format").format(name=SUMS_NAME)
+        )
     sums = "".join(f"{f.sha256}  {f.name}\n" for f in manifest.files).encode("utf-8")
     fd = os.open(archive, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -166,7 +185,9 @@ def build_archive(files_dir: Path, manifest: Manifest, archive: Path, secret: st
                 seven.write(files_dir / entry.name, entry.name)
             seven.writef(io.BytesIO(sums), SUMS_NAME)
     except (OSError, ValueError, ArchiveError) as exc:
-        raise ClientError(f"{archive.name}: cannot build the 7z archive: {exc}") from None
+        raise ClientError(
+            _("{name}: cannot build the 7z archive: {reason}").format(name=archive.name, reason=exc)
+        ) from None
 
 
 def verify_archive(archive: Path, secret: str, manifest: Manifest) -> None:
@@ -184,12 +205,22 @@ def verify_archive(archive: Path, secret: str, manifest: Manifest) -> None:
             names = seven.getnames()
             seven.extractall(factory=factory)  # noqa: S202 - hashes only, writes nothing
     except (OSError, ArchiveError, PasswordRequired, ValueError, TypeError) as exc:
-        raise ClientError(f"{archive.name}: the archive does not read back: {exc}") from None
+        raise ClientError(
+            _("{name}: the archive does not read back: {reason}").format(
+                name=archive.name, reason=exc
+            )
+        ) from None
     if sorted(names) != sorted(wanted):
-        raise ClientError(f"{archive.name}: the archive lists other files than the manifest")
+        raise ClientError(
+            _("{name}: the archive lists other files than the manifest").format(name=archive.name)
+        )
     for name, sha in wanted.items():
         if name not in factory.made or factory.made[name].digest.hexdigest() != sha:
-            raise ClientError(f"{archive.name}: {name}: SHA-256 differs inside the archive")
+            raise ClientError(
+                _("{name}: {file}: SHA-256 differs inside the archive").format(
+                    name=archive.name, file=name
+                )
+            )
 
 
 def check_files(manifest: Manifest, sealed_files: Sequence[Mapping[str, object]]) -> None:
@@ -203,7 +234,7 @@ def check_files(manifest: Manifest, sealed_files: Sequence[Mapping[str, object]]
         (str(f.get("name")), f.get("size"), str(f.get("sha256"))) for f in sealed_files
     )
     if inside != recorded:
-        raise ClientError("the envelope's manifest differs from the ledger's sealed entry")
+        raise ClientError(_("the envelope's manifest differs from the ledger's sealed entry"))
 
 
 def scrub(directory: Path) -> None:
@@ -241,9 +272,11 @@ def _zero(path: Path) -> None:
 def _read_manifest(tar: tarfile.TarFile) -> Manifest:
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isreg():
-        raise ClientError(f"the first member of the envelope is not {MANIFEST_NAME}")
+        raise ClientError(
+            _("the first member of the envelope is not {name}").format(name=MANIFEST_NAME)
+        )
     if first.size > MAX_MANIFEST_BYTES:
-        raise ClientError("the manifest in the envelope is too large")
+        raise ClientError(_("the manifest in the envelope is too large"))
     handle = tar.extractfile(first)
     assert handle is not None  # a regular member always has a file object
     return parse(handle.read())
@@ -255,9 +288,13 @@ def _extract_member(
     """Write one listed regular file into ``dest``; check its size and SHA-256."""
     entry = expected.pop(member.name, None)
     if not member.isreg() or entry is None:
-        raise ClientError(f"the envelope holds a member not in its manifest ({member.name[:60]!r})")
+        raise ClientError(
+            _("the envelope holds a member not in its manifest ({name})").format(
+                name=repr(member.name[:60])
+            )
+        )
     if member.size != entry.size:
-        raise ClientError(f"{member.name}: size differs from the manifest")
+        raise ClientError(_("{name}: size differs from the manifest").format(name=member.name))
     handle = tar.extractfile(member)
     assert handle is not None
     # member.name is a manifest name: check_file_name() allowed one safe component only.
@@ -269,7 +306,9 @@ def _extract_member(
             digest.update(block)
             sink.write(block)
     if digest.hexdigest() != entry.sha256:
-        raise ClientError(f"{member.name}: content differs from the manifest (SHA-256)")
+        raise ClientError(
+            _("{name}: content differs from the manifest (SHA-256)").format(name=member.name)
+        )
     os.utime(target, (member.mtime, member.mtime))
 
 
@@ -279,7 +318,7 @@ def _drain(reader: DecryptingReader) -> None:
     while block := reader.read(_BLOCK):
         total += len(block)
         if total > _MAX_PADDING or block.count(0) != len(block):
-            raise ClientError("data follows the archive inside the envelope")
+            raise ClientError(_("data follows the archive inside the envelope"))
 
 
 class _HashingReader(io.RawIOBase):

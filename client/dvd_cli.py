@@ -13,6 +13,7 @@ from typing import Any
 from client import config as config_mod
 from client import dvd
 from client.dvd_layout import KIND_7Z, KIND_AGE
+from client.i18n import _
 from client.ui import progress_bar
 
 PROG = "lgwan-client"
@@ -22,18 +23,21 @@ PASSES = {KIND_AGE: 3, KIND_7Z: 4}
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``dvd`` to the program's subparsers."""
-    p = sub.add_parser("dvd", help="write a sealed batch to verified DVD image(s) with serials")
-    p.add_argument("target", metavar="BATCH|FILE.age", help="batch id (in out_dir) or .age file")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.iso", help="image to write")
+    p = sub.add_parser("dvd", help=_("write a sealed batch to verified DVD image(s) with serials"))
+    p.add_argument("target", metavar="BATCH|FILE.age", help=_("batch id (in out_dir) or .age file"))
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.iso", help=_("image to write"))
     p.add_argument(
         "--format",
         dest="kind",
         choices=dvd.KINDS,
         default=KIND_AGE,
-        help="age: the sealed envelope (default); 7z: AES-256 7z of the files for 7-Zip",
+        help=_("age: the sealed envelope (default); 7z: AES-256 7z of the files for 7-Zip"),
     )
     p.add_argument(
-        "--passphrase-fd", type=int, metavar="N", help="7z: read the batch passphrase from fd N"
+        "--passphrase-fd",
+        type=int,
+        metavar="N",
+        help=_("7z: read the batch passphrase from fd N"),
     )
     p.set_defaults(run=cmd_dvd)
 
@@ -43,13 +47,13 @@ def cmd_dvd(args: argparse.Namespace) -> int:
     from client.cli import read_secret  # client.cli imports this module to register it
 
     cfg = config_mod.load(args.config)
-    _, envelope, *_ = dvd.check(args.target, args.out, cfg)  # before asking for anything
+    envelope = dvd.check(args.target, args.out, cfg)[1]  # before asking for anything
     secret = None
     if args.kind == KIND_7Z:
-        prompt = "Batch passphrase (from the password notice): "
+        prompt = _("Batch passphrase (from the password notice): ")
         secret = read_secret(args.passphrase_fd, prompt, option="--passphrase-fd")
     total = envelope.stat().st_size * PASSES[args.kind]
-    with progress_bar("DVD image", total) as advance:
+    with progress_bar(_("DVD image"), total) as advance:
         result = dvd.make_dvd(
             args.target,
             args.out,
@@ -60,9 +64,14 @@ def cmd_dvd(args: argparse.Namespace) -> int:
         )
     for disc in result.discs:
         print(f"{disc.serial}  {disc.sha256}  {disc.path}")
-    print(
-        f"{PROG}: {result.batch_id}: {len(result.discs)} {result.kind} disc image(s) written "
-        f"and verified; recorded as {dvd.EVENT_DVD_CREATED} in the ledger",
-        file=sys.stderr,
+    summary = _(
+        "{batch}: {count} {kind} disc image(s) written and verified; "
+        "recorded as {event} in the ledger"
+    ).format(
+        batch=result.batch_id,
+        count=len(result.discs),
+        kind=result.kind,
+        event=dvd.EVENT_DVD_CREATED,
     )
+    print(f"{PROG}: {summary}", file=sys.stderr)
     return 0

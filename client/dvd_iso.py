@@ -20,6 +20,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from client.dvd_layout import SECTOR_BYTES, DiscFile, iso9660_name
 from client.errors import ClientError
+from client.i18n import _
 
 UDF_REVISION = "2.60"
 INTERCHANGE_LEVEL = 3
@@ -41,13 +42,15 @@ def hash_ranges(
     parts: list[str] = []
     try:
         with path.open("rb") as handle:
-            for _, length in ranges:
+            for _offset, length in ranges:
                 digest = hashlib.sha256()
                 left = length
                 while left > 0:
                     block = handle.read(min(_BLOCK, left))
                     if not block:
-                        raise ClientError(f"{path}: the file shrank while it was read")
+                        raise ClientError(
+                            _("{path}: the file shrank while it was read").format(path=path)
+                        )
                     whole.update(block)
                     digest.update(block)
                     left -= len(block)
@@ -55,9 +58,11 @@ def hash_ranges(
                         progress(len(block))
                 parts.append(digest.hexdigest())
             if handle.read(1):
-                raise ClientError(f"{path}: the file grew while it was read")
+                raise ClientError(_("{path}: the file grew while it was read").format(path=path))
     except OSError as exc:
-        raise ClientError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot read: {reason}").format(path=path, reason=exc.strerror or exc)
+        ) from None
     return whole.hexdigest(), parts
 
 
@@ -104,7 +109,11 @@ def write_image(
             )
         planned = int(iso.pvd.space_size) * SECTOR_BYTES  # pycdlib's own layout
         if planned > limit:
-            raise ClientError(f"{path.name}: the image would take {planned} bytes, over {limit}")
+            raise ClientError(
+                _("{name}: the image would take {size} bytes, over {limit}").format(
+                    name=path.name, size=planned, limit=limit
+                )
+            )
         done = 0
 
         def report(now: int, _total: int, _opaque: object) -> None:
@@ -118,9 +127,15 @@ def write_image(
             sink.flush()
             os.fsync(sink.fileno())
     except PyCdlibException as exc:
-        raise ClientError(f"{path.name}: cannot build the image: {exc}") from None
+        raise ClientError(
+            _("{name}: cannot build the image: {reason}").format(name=path.name, reason=exc)
+        ) from None
     except OSError as exc:
-        raise ClientError(f"{path}: cannot write the image: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot write the image: {reason}").format(
+                path=path, reason=exc.strerror or exc
+            )
+        ) from None
     finally:
         iso.close()
         for handle in handles:
@@ -151,9 +166,13 @@ def verify_image(
         for item in files:
             _check_file(iso, item, path.name)
     except PyCdlibException as exc:
-        raise ClientError(f"{path.name}: the image does not read back: {exc}") from None
+        raise ClientError(
+            _("{name}: the image does not read back: {reason}").format(name=path.name, reason=exc)
+        ) from None
     except (AttributeError, IndexError, UnicodeDecodeError) as exc:
-        raise ClientError(f"{path.name}: unexpected image structure: {exc}") from None
+        raise ClientError(
+            _("{name}: unexpected image structure: {reason}").format(name=path.name, reason=exc)
+        ) from None
     finally:
         iso.close()
     return size, sha
@@ -162,12 +181,16 @@ def verify_image(
 def _check_labels(iso: Any, label: str, image: str) -> None:
     """The volume label in the primary, Joliet and UDF descriptors; Joliet and UDF present."""
     if not iso.has_joliet() or not iso.has_udf():
-        raise ClientError(f"{image}: Joliet or UDF is missing from the image")
+        raise ClientError(_("{name}: Joliet or UDF is missing from the image").format(name=image))
     primary = bytes(iso.pvd.volume_identifier).decode("ascii").rstrip(" ")
     joliet = bytes(iso.joliet_vd.volume_identifier).decode("utf-16-be").rstrip(" ")
     udf = _dstring(bytes(iso.udf_main_descs.logical_volumes[0].logical_vol_ident))
     if not primary == joliet == udf == label:
-        raise ClientError(f"{image}: volume labels {primary!r}/{joliet!r}/{udf!r}, not {label!r}")
+        raise ClientError(
+            _("{name}: volume labels {found}, not {label}").format(
+                name=image, found=f"{primary!r}/{joliet!r}/{udf!r}", label=repr(label)
+            )
+        )
 
 
 def _check_trees(iso: Any, files: Sequence[DiscFile], image: str) -> None:
@@ -175,7 +198,7 @@ def _check_trees(iso: Any, files: Sequence[DiscFile], image: str) -> None:
     want_iso = {iso9660_name(f.name) for f in files}
     want = {f.name for f in files}
     if len(want_iso) != len(files):
-        raise ClientError(f"{image}: two files share an ISO 9660 name")
+        raise ClientError(_("{name}: two files share an ISO 9660 name").format(name=image))
     trees = {
         "ISO 9660": (_names(iso, "iso_path", "ascii"), want_iso),
         "Joliet": (_names(iso, "joliet_path", "utf-16-be"), want),
@@ -183,7 +206,11 @@ def _check_trees(iso: Any, files: Sequence[DiscFile], image: str) -> None:
     }
     for tree, (found, expected) in trees.items():
         if found != expected:
-            raise ClientError(f"{image}: the {tree} tree lists {sorted(found)}")
+            raise ClientError(
+                _("{name}: the {tree} tree lists {found}").format(
+                    name=image, tree=tree, found=sorted(found)
+                )
+            )
 
 
 def _names(iso: Any, key: str, encoding: str) -> set[str]:
@@ -199,15 +226,27 @@ def _check_file(iso: Any, item: DiscFile, image: str) -> None:
     """Hash one file through UDF; ISO 9660 and Joliet must share its data."""
     udf = iso.get_record(udf_path="/" + item.name)
     if udf.get_data_length() != item.size:
-        raise ClientError(f"{image}: {item.name}: size differs from what was written")
+        raise ClientError(
+            _("{name}: {file}: size differs from what was written").format(
+                name=image, file=item.name
+            )
+        )
     sink = _HashSink()
     iso.get_file_from_iso_fp(sink, udf_path="/" + item.name, blocksize=_BLOCK)
     if sink.size != item.size or sink.digest.hexdigest() != item.sha256:
-        raise ClientError(f"{image}: {item.name}: SHA-256 differs from what was written")
+        raise ClientError(
+            _("{name}: {file}: SHA-256 differs from what was written").format(
+                name=image, file=item.name
+            )
+        )
     primary = iso.get_record(iso_path="/" + iso9660_name(item.name))
     joliet = iso.get_record(joliet_path="/" + item.name)
     if primary.inode is not udf.inode or joliet.inode is not udf.inode:
-        raise ClientError(f"{image}: {item.name}: the directory trees disagree about its data")
+        raise ClientError(
+            _("{name}: {file}: the directory trees disagree about its data").format(
+                name=image, file=item.name
+            )
+        )
 
 
 def _dstring(field: bytes) -> str:
@@ -230,7 +269,9 @@ def _hash_file(path: Path, progress: Progress | None) -> tuple[int, str]:
                 if progress is not None:
                     progress(len(block))
     except OSError as exc:
-        raise ClientError(f"{path}: cannot read back: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot read back: {reason}").format(path=path, reason=exc.strerror or exc)
+        ) from None
     return size, digest.hexdigest()
 
 

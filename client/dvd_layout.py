@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientError
+from client.i18n import _
 from custody import canonical_json
 from envelope.manifest import BATCH_ID_RE
 
@@ -115,14 +116,16 @@ def payload_capacity(split_bytes: int) -> int:
     """
     capacity = (split_bytes - IMAGE_RESERVE_BYTES) // SECTOR_BYTES * SECTOR_BYTES
     if capacity <= 0:
-        raise ClientError(f"dvd.split_bytes {split_bytes} leaves no room for data on a disc")
+        raise ClientError(
+            _("dvd.split_bytes {value} leaves no room for data on a disc").format(value=split_bytes)
+        )
     return capacity
 
 
 def plan_ranges(size: int, capacity: int) -> list[tuple[int, int]]:
     """Split ``size`` payload bytes into (offset, length) ranges of at most ``capacity``."""
     if size <= 0:
-        raise ClientError("the payload is empty")
+        raise ClientError(_("the payload is empty"))
     return [(start, min(capacity, size - start)) for start in range(0, size, capacity)]
 
 

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from client.errors import ClientError
+from client.i18n import _
 from client.ledger import (
     EVENT_DELIVERY,
     EVENT_DVD_CREATED,
@@ -45,6 +46,7 @@ from client.ledger import (
 MEDIA = "media"
 NOTICE = "notice"
 KIND_NAMES = {MEDIA: "disc", NOTICE: "password notice"}
+"""English names of the items (see :func:`kind_name` for the name shown to people)."""
 
 OUT_EVENTS = {EVENT_MEDIA_OUT: MEDIA, EVENT_NOTICE_OUT: NOTICE}
 RETURN_EVENTS = {EVENT_MEDIA_RETURN: MEDIA, EVENT_NOTICE_RETURN: NOTICE}
@@ -117,22 +119,36 @@ def check(
     """
     refuse_automatic(event)
     if event not in MANUAL_EVENTS:
-        raise RuleError(f"unknown ledger event {event!r}; one of: {', '.join(MANUAL_EVENTS)}")
+        raise RuleError(
+            _("unknown ledger event {event}; one of: {events}").format(
+                event=repr(event), events=", ".join(MANUAL_EVENTS)
+            )
+        )
     batch = str(proposed.get(FIELD_BATCH, ""))
     mine = [entry for entry in earlier if entry.get(FIELD_BATCH) == batch]
     at = event_time(proposed)
     if at > now + FUTURE_TOLERANCE:
-        raise RuleError(f"{event} at {format_time(at)} is in the future (now {format_time(now)})")
+        raise RuleError(
+            _("{event} at {at} is in the future (now {now})").format(
+                event=event, at=format_time(at), now=format_time(now)
+            )
+        )
     sealed = sealed_entry(mine)
     if sealed is None:
         raise RuleError(
-            f"batch {batch} was never sealed (no 'sealed' entry in this ledger); "
-            f"{event} is not recorded for it"
+            _(
+                "batch {batch} was never sealed (no 'sealed' entry in this ledger); "
+                "{event} is not recorded for it"
+            ).format(batch=batch, event=event)
         )
     if at < event_time(sealed):
         raise RuleError(
-            f"{event} at {format_time(at)} is before batch {batch} was sealed "
-            f"({format_time(event_time(sealed))})"
+            _("{event} at {at} is before batch {batch} was sealed ({sealed_at})").format(
+                event=event,
+                at=format_time(at),
+                batch=batch,
+                sealed_at=format_time(event_time(sealed)),
+            )
         )
     if event in OUT_EVENTS:
         _check_hand_over(OUT_EVENTS[event], batch, proposed, at, mine, min_gap)
@@ -148,7 +164,11 @@ def refuse_automatic(event: str) -> None:
     """
     command = AUTOMATIC_EVENTS.get(event)
     if command is not None:
-        raise RuleError(f"'{event}' entries are recorded by {command} only, never by hand")
+        raise RuleError(
+            _("'{event}' entries are recorded by {command} only, never by hand").format(
+                event=event, command=command
+            )
+        )
 
 
 def sealed_entry(entries: Iterable[Mapping[str, object]]) -> Mapping[str, object] | None:
@@ -212,14 +232,23 @@ def event_time(entry: Mapping[str, object]) -> datetime:
     except ValueError:
         moment = None
     if moment is None or moment.utcoffset() is None:
-        where = f"ledger seq {entry[FIELD_SEQ]}" if FIELD_SEQ in entry else "the event"
-        raise RuleError(f"{where}: time {str(value)[:40]!r} is not ISO 8601 with a UTC offset")
+        shown = repr(str(value)[:40])
+        if FIELD_SEQ in entry:
+            message = _("ledger seq {seq}: time {time} is not ISO 8601 with a UTC offset")
+            raise RuleError(message.format(seq=entry[FIELD_SEQ], time=shown))
+        message = _("the event: time {time} is not ISO 8601 with a UTC offset")
+        raise RuleError(message.format(time=shown))
     return moment
 
 
 def normalize(text: str) -> str:
     """The form names are compared in: NFKC, case-folded, white space collapsed."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def kind_name(kind: str) -> str:
+    """The item's name in the chosen language: disc, or password notice."""
+    return _("disc") if kind == MEDIA else _("password notice")
 
 
 def format_time(moment: datetime) -> str:
@@ -237,17 +266,29 @@ def _check_hand_over(
 ) -> None:
     serials = item_serials({**proposed, FIELD_EVENT: _out_event(kind)})
     if not serials:
-        raise RuleError(f"a {KIND_NAMES[kind]} hand-over needs its serial")
+        raise RuleError(_("a {item} hand-over needs its serial").format(item=kind_name(kind)))
     seen: set[str] = set()
     for serial in serials:
         if normalize(serial) in seen:
-            raise RuleError(f"{KIND_NAMES[kind]} {serial} is named twice in one hand-over")
+            raise RuleError(
+                _("{item} {serial} is named twice in one hand-over").format(
+                    item=kind_name(kind), serial=serial
+                )
+            )
         seen.add(normalize(serial))
     for item in outstanding(mine):
         if item.kind == kind and normalize(item.serial) in seen:
             raise RuleError(
-                f"{KIND_NAMES[kind]} {item.serial} of batch {batch} is already handed out "
-                f"(seq {item.seq}, {format_time(item.at)}) and not returned"
+                _(
+                    "{item} {serial} of batch {batch} is already handed out "
+                    "(seq {seq}, {at}) and not returned"
+                ).format(
+                    item=kind_name(kind),
+                    serial=item.serial,
+                    batch=batch,
+                    seq=item.seq,
+                    at=format_time(item.at),
+                )
             )
     if kind == MEDIA:
         _check_created_serials(batch, serials, mine)
@@ -265,19 +306,28 @@ def _check_return(
 ) -> None:
     serials = item_serials({**proposed, FIELD_EVENT: _return_event(kind)})
     if not serials:
-        raise RuleError(f"a {KIND_NAMES[kind]} return needs its serial")
+        raise RuleError(_("a {item} return needs its serial").format(item=kind_name(kind)))
     out = {normalize(i.serial): i for i in outstanding(mine) if i.kind == kind}
     for serial in serials:
         item = out.pop(normalize(serial), None)
         if item is None:
             raise RuleError(
-                f"no outstanding hand-over of {KIND_NAMES[kind]} {serial} for batch {batch} "
-                "to return"
+                _("no outstanding hand-over of {item} {serial} for batch {batch} to return").format(
+                    item=kind_name(kind), serial=serial, batch=batch
+                )
             )
         if at < item.at:
             raise RuleError(
-                f"the return at {format_time(at)} is before {KIND_NAMES[kind]} {serial} "
-                f"was handed out (seq {item.seq}, {format_time(item.at)})"
+                _(
+                    "the return at {at} is before {item} {serial} was handed out "
+                    "(seq {seq}, {out_at})"
+                ).format(
+                    at=format_time(at),
+                    item=kind_name(kind),
+                    serial=serial,
+                    seq=item.seq,
+                    out_at=format_time(item.at),
+                )
             )
     _check_cabinet(kind, batch, proposed, mine)
 
@@ -291,11 +341,18 @@ def _check_cabinet(
         return
     for entry in mine:
         if _kind_of(entry) not in (None, kind) and _same(entry.get(FIELD_CABINET), cabinet):
-            other = KIND_NAMES[_other(kind)]
             raise RuleError(
-                f"cabinet {cabinet!r} holds the {other} of batch {batch} "
-                f"({entry.get(FIELD_EVENT)} seq {entry.get(FIELD_SEQ)}); a password notice "
-                "and its disc are never kept in the same cabinet"
+                _(
+                    "cabinet {cabinet} holds the {other} of batch {batch} "
+                    "({event} seq {seq}); a password notice "
+                    "and its disc are never kept in the same cabinet"
+                ).format(
+                    cabinet=repr(cabinet),
+                    other=kind_name(_other(kind)),
+                    batch=batch,
+                    event=entry.get(FIELD_EVENT),
+                    seq=entry.get(FIELD_SEQ),
+                )
             )
 
 
@@ -317,15 +374,32 @@ def _check_occasion(
         where = f"{other_out} seq {entry.get(FIELD_SEQ)}, {format_time(other_at)}"
         if gap < min_gap:
             raise RuleError(
-                f"the {KIND_NAMES[kind]} of DVD batch {batch} would leave within {_minutes(gap)} "
-                f"of its {KIND_NAMES[_other(kind)]} ({where}); they go on separate occasions "
-                f"at least {_minutes(min_gap)} apart"
+                _(
+                    "the {item} of DVD batch {batch} would leave within {gap} "
+                    "of its {other} ({where}); they go on separate occasions "
+                    "at least {min_gap} apart"
+                ).format(
+                    item=kind_name(kind),
+                    batch=batch,
+                    gap=_minutes(gap),
+                    other=kind_name(_other(kind)),
+                    where=where,
+                    min_gap=_minutes(min_gap),
+                )
             )
         carrier = proposed.get(FIELD_CARRIER)
         if isinstance(carrier, str) and _same(entry.get(FIELD_CARRIER), carrier):
             raise RuleError(
-                f"carrier {carrier!r} already carries the {KIND_NAMES[_other(kind)]} of DVD "
-                f"batch {batch} ({where}); the {KIND_NAMES[kind]} needs another carrier"
+                _(
+                    "carrier {carrier} already carries the {other} of DVD "
+                    "batch {batch} ({where}); the {item} needs another carrier"
+                ).format(
+                    carrier=repr(carrier),
+                    other=kind_name(_other(kind)),
+                    batch=batch,
+                    where=where,
+                    item=kind_name(kind),
+                )
             )
 
 
@@ -344,7 +418,11 @@ def _check_created_serials(
     for serial in serials:
         if normalize(serial) not in created:
             known = ", ".join(sorted(created.values()))
-            raise RuleError(f"disc {serial} was not made for batch {batch} (its discs: {known})")
+            raise RuleError(
+                _("disc {serial} was not made for batch {batch} (its discs: {known})").format(
+                    serial=serial, batch=batch, known=known
+                )
+            )
 
 
 def _kind_of(entry: Mapping[str, object]) -> str | None:
@@ -375,5 +453,5 @@ def _same(recorded: object, typed: str) -> bool:
 def _minutes(delta: timedelta) -> str:
     minutes = math.ceil(delta.total_seconds() / 60)
     if minutes <= 1:
-        return "a minute"
-    return f"{minutes} minutes"
+        return _("a minute")
+    return _("{count} minutes").format(count=minutes)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientError
+from client.i18n import _
 from custody import keys
 
 PUBLIC_SUFFIX = ".pub"
@@ -36,8 +37,8 @@ def generate(private_path: Path, comment: str) -> KeyPair:
     for path in (private_path, public_path):
         if path.exists() or path.is_symlink():
             raise ClientError(
-                f"{path} already exists; keygen never overwrites a key",
-                hint="choose another --out, or remove the old key deliberately",
+                _("{path} already exists; keygen never overwrites a key").format(path=path),
+                hint=_("choose another --out, or remove the old key deliberately"),
             )
     private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = keys.generate_private_key()
@@ -50,7 +51,9 @@ def generate(private_path: Path, comment: str) -> KeyPair:
             private_path.unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise ClientError(f"cannot write the key: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("cannot write the key: {reason}").format(reason=exc.strerror or exc)
+        ) from None
     return KeyPair(private_path, public_path, keys.fingerprint(key.public_key()))
 
 

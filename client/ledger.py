@@ -36,6 +36,7 @@ from typing import BinaryIO, Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from client.errors import ClientError, ConfigError
+from client.i18n import _
 from custody import (
     ChainError,
     ChainHead,
@@ -48,7 +49,7 @@ from custody import (
     verify_chain,
     verify_record,
 )
-from custody.chain import RESERVED_FIELDS
+from custody.chain import MAX_LINE_BYTES, RESERVED_FIELDS
 from custody.keys import load_private_key
 
 KIND_LEDGER_ENTRY = "ledger-entry"
@@ -119,11 +120,15 @@ class Ledger:
             flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
-            raise ClientError(f"ledger {path}: cannot open: {exc.strerror or exc}") from None
+            raise ClientError(
+                _("ledger {path}: cannot open: {reason}").format(
+                    path=path, reason=exc.strerror or exc
+                )
+            ) from None
         stream = os.fdopen(fd, "r+b", buffering=0)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ClientError(f"ledger {path}: not a regular file")
+                raise ClientError(_("ledger {path}: not a regular file").format(path=path))
             _lock(fd, fcntl.LOCK_EX, path, lock_timeout)
             head, torn = _recover(path, fd)
             ledger = cls(path, stream, head, key)
@@ -159,10 +164,14 @@ class Ledger:
                 the write failed (nothing is then recorded).
         """
         if EVENT_PATTERN.fullmatch(event) is None:
-            raise ClientError(f"ledger: malformed event name {event[:40]!r}")
+            raise ClientError(
+                _("ledger: malformed event name {event}").format(event=repr(event[:40]))
+            )
         reserved = LEDGER_RESERVED.intersection(fields)
         if reserved:
-            raise ClientError(f"ledger: reserved field names {sorted(reserved)}")
+            raise ClientError(
+                _("ledger: reserved field names {names}").format(names=sorted(reserved))
+            )
         head = self._writer.head
         now = datetime.now().astimezone().isoformat(timespec="seconds")
         body: dict[str, object] = {**fields, FIELD_EVENT: event}
@@ -174,9 +183,15 @@ class Ledger:
             new_head = self._writer.append(entry, now)
             os.fsync(self._stream.fileno())
         except CustodyError as exc:
-            raise ClientError(f"ledger: cannot record {event!r}: {exc}") from None
+            raise ClientError(
+                _("ledger: cannot record {event}: {reason}").format(event=repr(event), reason=exc)
+            ) from None
         except OSError as exc:
-            raise ClientError(f"ledger {self._path}: write failed: {exc.strerror or exc}") from None
+            raise ClientError(
+                _("ledger {path}: write failed: {reason}").format(
+                    path=self._path, reason=exc.strerror or exc
+                )
+            ) from None
         return {**body, **entry, "hash": new_head.hash}
 
     def entries(self, batch: str | None = None) -> Iterator[dict[str, object]]:
@@ -230,7 +245,11 @@ class Ledger:
                         reason = f"seq {line_no}: {exc}"
                         return VerifyReport(False, line_no - 1, previous, line_no, line_no, reason)
         except OSError as exc:
-            raise ClientError(f"ledger {path}: cannot read: {exc.strerror or exc}") from None
+            raise ClientError(
+                _("ledger {path}: cannot read: {reason}").format(
+                    path=path, reason=exc.strerror or exc
+                )
+            ) from None
         return chain
 
 
@@ -268,18 +287,25 @@ def entries(
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ClientError(f"ledger {path}: cannot read: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("ledger {path}: cannot read: {reason}").format(path=path, reason=exc.strerror or exc)
+        ) from None
     with handle:
         if not _locked:
             _lock(handle.fileno(), fcntl.LOCK_SH, path, LOCK_TIMEOUT_SECONDS)
-        for line_no, line in enumerate(handle, 1):
-            if not line.endswith(b"\n"):
-                return
+        line_no = 0
+        while line := handle.readline(MAX_LINE_BYTES + 1):
+            line_no += 1
+            if not line.endswith(b"\n") and len(line) <= MAX_LINE_BYTES:
+                return  # a torn last line
             try:
                 entry = parse_entry(line)
             except ChainError as exc:
                 raise ClientError(
-                    f"ledger {path}: line {line_no}: {exc}", hint="run the ledger verification"
+                    _("ledger {path}: line {line}: {reason}").format(
+                        path=path, line=line_no, reason=exc
+                    ),
+                    hint=_("run the ledger verification"),
                 ) from None
             if batch is None or entry.get(FIELD_BATCH) == batch:
                 yield entry
@@ -299,23 +325,25 @@ def load_key(path: Path, setting: str) -> Ed25519PrivateKey:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise ConfigError(
-            setting, None, f"no private key at {path} (create one with: lgwan-client keygen)"
-        ) from None
+        message = _("no private key at {path} (create one with: lgwan-client keygen)")
+        raise ConfigError(setting, None, message.format(path=path)) from None
     except OSError as exc:
-        raise ConfigError(setting, None, f"cannot open {path}: {exc.strerror or exc}") from None
+        message = _("cannot open {path}: {reason}").format(path=path, reason=exc.strerror or exc)
+        raise ConfigError(setting, None, message) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(setting, None, f"{path} is not a regular file")
+            raise ConfigError(setting, None, _("{path} is not a regular file").format(path=path))
         if info.st_mode & 0o077:
             mode = stat.S_IMODE(info.st_mode)
-            message = f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
+            message = _("{path} is readable by others (mode {mode}); run: chmod 600 {path}").format(
+                path=path, mode=f"{mode:04o}"
+            )
             raise ConfigError(setting, None, message)
         data = handle.read(MAX_KEY_FILE_BYTES + 1)
     try:
         if len(data) > MAX_KEY_FILE_BYTES:
-            raise ConfigError(setting, None, f"{path} is too large to be a key")
+            raise ConfigError(setting, None, _("{path} is too large to be a key").format(path=path))
         return load_private_key(data)
     except CustodyError as exc:
         raise ConfigError(setting, None, f"{path}: {exc}") from None
@@ -330,8 +358,8 @@ def _recover(path: Path, fd: int) -> tuple[ChainHead, int]:
             head, end = recover_head(reader)
         except ChainError as exc:
             raise ClientError(
-                f"ledger {path} is damaged: {exc}",
-                hint="nothing was recorded; have the ledger verified before using it again",
+                _("ledger {path} is damaged: {reason}").format(path=path, reason=exc),
+                hint=_("nothing was recorded; have the ledger verified before using it again"),
             ) from None
     if end < size:
         os.ftruncate(fd, end)
@@ -349,7 +377,7 @@ def _lock(fd: int, operation: int, path: Path, timeout: float) -> None:
         except BlockingIOError:
             if time_mod.monotonic() >= deadline:
                 raise ClientError(
-                    f"ledger {path} is locked by another lgwan-client process",
-                    hint="wait until it finishes, then run the command again",
+                    _("ledger {path} is locked by another lgwan-client process").format(path=path),
+                    hint=_("wait until it finishes, then run the command again"),
                 ) from None
             time_mod.sleep(_LOCK_POLL_SECONDS)

@@ -34,6 +34,7 @@ from client import config as config_mod
 from client import handover, ledger, ledger_report
 from client.errors import ClientError, ConfigError, UsageError
 from client.handover import MEDIA, NOTICE, RuleError
+from client.i18n import _, ngettext
 from custody import KeyFormatError, canonical_json, fingerprint, load_public_key
 from custody.chain import VerifyReport
 from envelope import EnvelopeError
@@ -45,6 +46,7 @@ NOTICE_SERIAL_SUFFIX = "-N"
 """The default notice serial is the batch id followed by this (one notice per batch)."""
 MAX_TEXT_CHARS = 200
 MAX_SERIAL_CHARS = 64
+_AT_EXAMPLE = "2026-07-15T10:32+09:00"
 
 _COMMON = frozenset({"batch", "at", "handler", "note"})
 _EVENT_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -91,7 +93,11 @@ _FLAGS = {
     "from_person": "--from-person",
 }
 
-_RECORD_EPILOG = """\
+
+def _record_epilog() -> str:
+    """The ``record`` help's epilog (translated when the parser is built, not at import)."""
+    return _(
+        """\
 events and their options (besides --batch, --at, --handler, --note):
   media-out      --serial S [--serial S2 …] --to-org ORG --to-person NAME --cabinet C
                  --carrier NAME [--content TEXT] [--discs N] [--files N] [--records N]
@@ -102,30 +108,33 @@ events and their options (besides --batch, --at, --handler, --note):
   notice-return  --returned-by NAME --condition TEXT [--notice-serial S] [--cabinet C]
   delivery       --quantity N [--shortfall N] [--from-org ORG] [--from-person NAME]
 sealed, sent and dvd-created are recorded by seal, send and dvd themselves."""
+    )
 
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``ledger`` with its four subcommands to the program's subparsers."""
-    top = sub.add_parser("ledger", help="the hand-over ledger: record, report, outstanding, verify")
+    top = sub.add_parser(
+        "ledger", help=_("the hand-over ledger: record, report, outstanding, verify")
+    )
     commands = top.add_subparsers(dest="ledger_command", required=True, parser_class=type(top))
 
     p = commands.add_parser(
         "record",
-        help="record a hand-over, return or delivery (checked against the rules)",
-        epilog=_RECORD_EPILOG,
+        help=_("record a hand-over, return or delivery (checked against the rules)"),
+        epilog=_record_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("event", metavar="EVENT", help=", ".join(handover.MANUAL_EVENTS))
     p.add_argument("--batch", required=True, metavar="BATCH")
-    p.add_argument("--at", metavar="ISO", help="when it happened, with offset (default: now)")
-    p.add_argument("--handler", metavar="NAME", help="ward staff (default: [ward] handler/user)")
-    p.add_argument("--note", metavar="TEXT", help="a remark for the record")
-    p.add_argument("--serial", action="append", metavar="S", help="disc serial (repeatable)")
-    p.add_argument("--notice-serial", metavar="S", help="notice serial (default: BATCH-N)")
+    p.add_argument("--at", metavar="ISO", help=_("when it happened, with offset (default: now)"))
+    p.add_argument("--handler", metavar="NAME", help=_("ward staff (default: [ward] handler/user)"))
+    p.add_argument("--note", metavar="TEXT", help=_("a remark for the record"))
+    p.add_argument("--serial", action="append", metavar="S", help=_("disc serial (repeatable)"))
+    p.add_argument("--notice-serial", metavar="S", help=_("notice serial (default: BATCH-N)"))
     for dest in ("to_org", "to_person", "content", "cabinet", "carrier", "tracking"):
         p.add_argument(_FLAGS[dest], metavar="TEXT")
     p.add_argument("--returned-by", metavar="NAME")
-    p.add_argument("--condition", metavar="TEXT", help="e.g. 'intact, seal unbroken'")
+    p.add_argument("--condition", metavar="TEXT", help=_("e.g. 'intact, seal unbroken'"))
     p.add_argument("--from-org", metavar="ORG")
     p.add_argument("--from-person", metavar="NAME")
     p.add_argument("--method", choices=METHODS)
@@ -133,19 +142,21 @@ def register(sub: "argparse._SubParsersAction[Any]") -> None:
         p.add_argument(_FLAGS[dest], type=int, metavar="N")
     p.set_defaults(run=cmd_record)
 
-    p = commands.add_parser("report", help="write a batch's 確認書 (PDF) or its CSV")
+    p = commands.add_parser("report", help=_("write a batch's 確認書 (PDF) or its CSV"))
     p.add_argument("batch", metavar="BATCH")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="F.pdf or F.csv")
-    p.add_argument("--format", choices=("pdf", "csv"), dest="fmt", help="default: from --out")
-    p.add_argument("--public-key", type=Path, metavar="FILE", help="OpenSSH public key to pin")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help=_("F.pdf or F.csv"))
+    p.add_argument("--format", choices=("pdf", "csv"), dest="fmt", help=_("default: from --out"))
+    p.add_argument("--public-key", type=Path, metavar="FILE", help=_("OpenSSH public key to pin"))
     p.set_defaults(run=cmd_report)
 
-    p = commands.add_parser("outstanding", help="discs and notices not returned (exit 1 if any)")
-    p.add_argument("--days", type=int, metavar="N", help="out at least N days ([ledger] default)")
+    p = commands.add_parser("outstanding", help=_("discs and notices not returned (exit 1 if any)"))
+    p.add_argument(
+        "--days", type=int, metavar="N", help=_("out at least N days ([ledger] default)")
+    )
     p.set_defaults(run=cmd_outstanding)
 
-    p = commands.add_parser("verify", help="check the hash chain and every signature")
-    p.add_argument("--public-key", type=Path, metavar="FILE", help="OpenSSH public key to pin")
+    p = commands.add_parser("verify", help=_("check the hash chain and every signature"))
+    p.add_argument("--public-key", type=Path, metavar="FILE", help=_("OpenSSH public key to pin"))
     p.set_defaults(run=cmd_verify)
 
 
@@ -155,7 +166,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     handover.refuse_automatic(event)
     if event not in _EVENT_OPTIONS:
         raise UsageError(
-            f"unknown ledger event {event!r}", hint=f"one of: {', '.join(handover.MANUAL_EVENTS)}"
+            _("unknown ledger event {event}").format(event=repr(event)),
+            hint=_("one of: {events}").format(events=", ".join(handover.MANUAL_EVENTS)),
         )
     _check_options(event, args)
     batch = _batch(args.batch)
@@ -165,7 +177,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     fields = _fields(event, args, batch, at, cfg.handler_name())
     path = cfg.path(cfg.ledger.path)
     if not path.exists():
-        raise RuleError(f"batch {batch} was never sealed (there is no ledger at {path} yet)")
+        raise RuleError(
+            _("batch {batch} was never sealed (there is no ledger at {path} yet)").format(
+                batch=batch, path=path
+            )
+        )
     key = ledger.load_key(cfg.path(cfg.identity.private_key), "identity.private_key")
     with ledger.Ledger.open(path, key) as book:
         earlier = list(book.entries(batch))
@@ -173,7 +189,11 @@ def cmd_record(args: argparse.Namespace) -> int:
         gap = timedelta(minutes=cfg.ledger.min_gap_minutes)
         handover.check(event, fields, earlier, min_gap=gap, now=now)
         entry = book.record(event, **fields)
-    print(f"recorded {event} of {batch}{_what(fields)} as ledger seq {entry['seq']}")
+    print(
+        _("recorded {event} of {batch}{items} as ledger seq {seq}").format(
+            event=event, batch=batch, items=_what(fields), seq=entry["seq"]
+        )
+    )
     return EXIT_OK
 
 
@@ -185,13 +205,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = cfg.path(cfg.ledger.path)
     public = public_key(cfg, args.public_key)
     report = ledger.Ledger.verify(path, public)
-    _require_intact(path, report, "the report was not written")
+    hint = _(
+        "the report was not written; keep the file unchanged as evidence and raise an incident"
+    )
+    _require_intact(path, report, hint)
     head_seq = report.head.seq  # what was verified; a later entry waits for the next report
     entries = [e for e in ledger.entries(path, batch) if _seq(e) <= head_seq]
     if not entries:
-        raise ClientError(f"ledger {path} has no entries for batch {batch}")
+        raise ClientError(
+            _("ledger {path} has no entries for batch {batch}").format(path=path, batch=batch)
+        )
     if not args.out.parent.is_dir():
-        raise UsageError(f"{args.out.parent} is not a directory")
+        raise UsageError(_("{path} is not a directory").format(path=args.out.parent))
     if fmt == "csv":
         ledger_report.write_csv(args.out, entries)
     else:
@@ -213,7 +238,7 @@ def cmd_outstanding(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     days = cfg.ledger.outstanding_days if args.days is None else args.days
     if days < 0:
-        raise UsageError("--days must not be negative")
+        raise UsageError(_("--days must not be negative"))
     now = datetime.now().astimezone()
     late = handover.overdue(ledger.entries(cfg.path(cfg.ledger.path)), now=now, days=days)
     rows = [_outstanding_row(item, now) for item in late]
@@ -232,11 +257,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     path = cfg.path(cfg.ledger.path)
     public = public_key(cfg, args.public_key)
     report = ledger.Ledger.verify(path, public)
-    _require_intact(path, report, "nothing in it can be relied on past that point")
+    hint = _(
+        "nothing in it can be relied on past that point; "
+        "keep the file unchanged as evidence and raise an incident"
+    )
+    _require_intact(path, report, hint)
+    summary = ngettext(
+        "ok: ledger {path}: {count} record, chain and signatures intact; "
+        "head seq {seq} {hash}; signed by {signer}",
+        "ok: ledger {path}: {count} records, chain and signatures intact; "
+        "head seq {seq} {hash}; signed by {signer}",
+        report.records,
+    )
     print(
-        f"ok: ledger {path}: {report.records} record{'' if report.records == 1 else 's'}, "
-        "chain and signatures intact; "
-        f"head seq {report.head.seq} {report.head.hash}; signed by {fingerprint(public)}"
+        summary.format(
+            path=path,
+            count=report.records,
+            seq=report.head.seq,
+            hash=report.head.hash,
+            signer=fingerprint(public),
+        )
     )
     return EXIT_OK
 
@@ -252,7 +292,9 @@ def public_key(cfg: config_mod.ClientConfig, explicit: Path | None) -> Ed25519Pu
         try:
             return load_public_key(explicit.read_bytes())
         except OSError as exc:
-            raise ClientError(f"{explicit}: cannot read: {exc.strerror or exc}") from None
+            raise ClientError(
+                _("{path}: cannot read: {reason}").format(path=explicit, reason=exc.strerror or exc)
+            ) from None
         except KeyFormatError as exc:
             raise ClientError(f"{explicit}: {exc}") from None
     source = str(cfg.source) if cfg.source else "(defaults)"
@@ -267,23 +309,33 @@ def public_key(cfg: config_mod.ClientConfig, explicit: Path | None) -> Ed25519Pu
     if private.exists():
         derived = ledger.load_key(private, "identity.private_key").public_key()
         if from_file is not None and fingerprint(from_file) != fingerprint(derived):
+            message = _("{public} does not match {private}")
             raise ConfigError(
-                source, "identity.private_key", f"{public.name} does not match {private.name}"
+                source,
+                "identity.private_key",
+                message.format(public=public.name, private=private.name),
             )
         return derived
     if from_file is not None:
         return from_file
-    raise ConfigError(source, "identity.private_key", f"{private} not found (nor {public.name})")
+    message = _("{private} not found (nor {public})").format(private=private, public=public.name)
+    raise ConfigError(source, "identity.private_key", message)
 
 
-def _require_intact(path: Path, report: VerifyReport, consequence: str) -> None:
+def _require_intact(path: Path, report: VerifyReport, hint: str) -> None:
     if report.ok:
         return
-    line = f" (line {report.first_bad_line})" if report.first_bad_line else ""
+    if report.first_bad_line:
+        message = _(
+            "ledger {path} is not intact: first bad record seq {seq} (line {line}): {reason}"
+        )
+    else:
+        message = _("ledger {path} is not intact: first bad record seq {seq}: {reason}")
     raise ClientError(
-        f"ledger {path} is not intact: first bad record seq {report.first_bad_seq}{line}: "
-        f"{report.reason}",
-        hint=f"{consequence}; keep the file unchanged as evidence and raise an incident",
+        message.format(
+            path=path, seq=report.first_bad_seq, line=report.first_bad_line, reason=report.reason
+        ),
+        hint=hint,
     )
 
 
@@ -293,16 +345,20 @@ def _check_options(event: str, args: argparse.Namespace) -> None:
     for dest, flag in _FLAGS.items():
         given = getattr(args, dest) is not None
         if given and dest not in required | optional:
-            raise UsageError(f"{flag} does not apply to {event}")
+            raise UsageError(
+                _("{option} does not apply to {event}").format(option=flag, event=event)
+            )
         if not given and dest in required:
-            raise UsageError(f"{event} needs {flag}")
+            raise UsageError(_("{event} needs {option}").format(event=event, option=flag))
     if event == ledger.EVENT_NOTICE_OUT:
         if args.method == "registered-mail" and args.tracking is None:
-            raise UsageError("notice-out by registered-mail needs --tracking (the mail number)")
+            raise UsageError(_("notice-out by registered-mail needs --tracking (the mail number)"))
         if args.method != "registered-mail" and args.tracking is not None:
-            raise UsageError(f"--tracking applies to registered-mail, not {args.method}")
+            raise UsageError(
+                _("--tracking applies to registered-mail, not {method}").format(method=args.method)
+            )
         if args.method == "hand" and args.carrier is None:
-            raise UsageError("notice-out by hand needs --carrier (who carries it)")
+            raise UsageError(_("notice-out by hand needs --carrier (who carries it)"))
 
 
 def _fields(
@@ -366,19 +422,27 @@ def _fill_defaults(event: str, fields: dict[str, object], earlier: list[dict[str
         if name in fields:
             return
         out = [i for i in handover.outstanding(earlier) if i.kind == kind]
-        noun = handover.KIND_NAMES[kind]
         if not out:
-            raise RuleError(f"no outstanding hand-over of a {noun} for batch {fields['batch']}")
+            raise RuleError(
+                _("no outstanding hand-over of a {item} for batch {batch}").format(
+                    item=handover.kind_name(kind), batch=fields["batch"]
+                )
+            )
         if kind == NOTICE and len(out) == 1:
             fields[name] = out[0].serial
         elif kind == MEDIA and len(out) == 1:
             fields[name] = [out[0].serial]
         else:
-            flag = "--serial" if kind == MEDIA else "--notice-serial"
             serials = ", ".join(i.serial for i in out)
-            raise UsageError(
-                f"several {noun}s of the batch are out ({serials}): name it with {flag}"
-            )
+            if kind == MEDIA:
+                message = _("several discs of the batch are out ({serials}): name it with {option}")
+            else:
+                message = _(
+                    "several password notices of the batch are out ({serials}): "
+                    "name it with {option}"
+                )
+            flag = "--serial" if kind == MEDIA else "--notice-serial"
+            raise UsageError(message.format(serials=serials, option=flag))
 
 
 def _seq(entry: Mapping[str, object]) -> int:
@@ -407,11 +471,13 @@ def _at(value: str) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(
-            f"--at {value[:40]!r} is not an ISO 8601 time", hint="e.g. 2026-07-15T10:32+09:00"
+            _("--at {value} is not an ISO 8601 time").format(value=repr(value[:40])),
+            hint=_("e.g. {example}").format(example=_AT_EXAMPLE),
         ) from None
     if moment.utcoffset() is None:
         raise UsageError(
-            f"--at {value[:40]!r} has no UTC offset", hint="e.g. 2026-07-15T10:32+09:00"
+            _("--at {value} has no UTC offset").format(value=repr(value[:40])),
+            hint=_("e.g. {example}").format(example=_AT_EXAMPLE),
         )
     return moment.replace(microsecond=0)
 
@@ -419,24 +485,28 @@ def _at(value: str) -> datetime:
 def _text(value: str, flag: str, limit: int = MAX_TEXT_CHARS) -> str:
     text = " ".join(value.split())
     if not text:
-        raise UsageError(f"{flag} must not be empty")
+        raise UsageError(_("{option} must not be empty").format(option=flag))
     if len(text) > limit:
-        raise UsageError(f"{flag} is longer than {limit} characters")
+        raise UsageError(
+            _("{option} is longer than {limit} characters").format(option=flag, limit=limit)
+        )
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
-        raise UsageError(f"{flag} contains a control character")
+        raise UsageError(_("{option} contains a control character").format(option=flag))
     return text
 
 
 def _serial(value: str, flag: str) -> str:
     serial = _text(value, flag, MAX_SERIAL_CHARS)
     if " " in serial:
-        raise UsageError(f"{flag} {serial!r} must not contain spaces")
+        raise UsageError(
+            _("{option} {serial} must not contain spaces").format(option=flag, serial=repr(serial))
+        )
     return serial
 
 
 def _count(value: int, flag: str, least: int) -> int:
     if value < least:
-        raise UsageError(f"{flag} must be at least {least}")
+        raise UsageError(_("{option} must be at least {least}").format(option=flag, least=least))
     return value
 
 
@@ -445,7 +515,8 @@ def _format_from_suffix(out: Path) -> str:
     if suffix in (".pdf", ".csv"):
         return suffix[1:]
     raise UsageError(
-        f"cannot tell the format of {out.name}", hint="name it .pdf or .csv, or give --format"
+        _("cannot tell the format of {name}").format(name=out.name),
+        hint=_("name it .pdf or .csv, or give --format"),
     )
 
 
@@ -469,16 +540,25 @@ def _print_table(rows: Iterable[dict[str, object]], days: int) -> None:
     console = Console(markup=False, highlight=False, emoji=False)
     listed = list(rows)
     if not listed:
-        console.print(f"nothing out for {days} days or more", style="dim")
+        console.print(_("nothing out for {days} days or more").format(days=days), style="dim")
         return
     table = Table()
-    for name in ("batch", "item", "serial", "out since (JST)", "days", "recipient", "handler"):
+    headings = (
+        _("batch"),
+        _("item"),
+        _("serial"),
+        _("out since (JST)"),
+        _("days"),
+        _("recipient"),
+        _("handler"),
+    )
+    for name in headings:
         table.add_column(name, overflow="fold")  # a serial is never cut short
     for row in listed:
         out_at = datetime.fromisoformat(str(row["out_at"]))
         table.add_row(
             _display(row["batch"]),
-            handover.KIND_NAMES[str(row["kind"])],
+            handover.kind_name(str(row["kind"])),
             _display(row["serial"]),
             handover.format_time(out_at),
             str(row["days_out"]),

@@ -49,6 +49,8 @@ from zoneinfo import ZoneInfo
 
 from faker import Faker
 
+from client.i18n import _
+
 MAX_RECORDS = 10_000_000
 """Upper bound on ``records``: well above a ward's run, below a runaway typo."""
 
@@ -262,26 +264,33 @@ def instalments(annual_yen: int) -> tuple[int, ...]:
 
 def _check_args(out: Path, records: int, encoding: str, fiscal_year: int | None) -> int:
     if isinstance(records, bool) or not isinstance(records, int):
-        raise ValueError(f"records must be an integer, got {records!r}")
+        raise ValueError(_("records must be an integer, got {value}").format(value=repr(records)))
     if not 1 <= records <= MAX_RECORDS:
-        raise ValueError(f"records must be between 1 and {MAX_RECORDS:,}, got {records:,}")
+        raise ValueError(
+            _("records must be between 1 and {max:,}, got {value:,}").format(
+                max=MAX_RECORDS, value=records
+            )
+        )
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise ValueError(f"unknown encoding {encoding!r}") from None
+        raise ValueError(_("unknown encoding {name}").format(name=repr(encoding))) from None
     try:
         "".join((*COLUMNS, "男女")).encode(encoding)
     except UnicodeEncodeError:
-        raise ValueError(f"encoding {encoding!r} cannot represent Japanese text") from None
+        raise ValueError(
+            _("encoding {name} cannot represent Japanese text").format(name=repr(encoding))
+        ) from None
     if fiscal_year is None:
         fiscal_year = current_fiscal_year()
     if not MIN_FISCAL_YEAR <= fiscal_year <= MAX_FISCAL_YEAR:
         raise ValueError(
-            f"fiscal year must be between {MIN_FISCAL_YEAR} and {MAX_FISCAL_YEAR}, "
-            f"got {fiscal_year}"
+            _("fiscal year must be between {low} and {high}, got {value}").format(
+                low=MIN_FISCAL_YEAR, high=MAX_FISCAL_YEAR, value=fiscal_year
+            )
         )
     if out.is_dir():
-        raise ValueError(f"{out} is a directory, not a file name")
+        raise ValueError(_("{path} is a directory, not a file name").format(path=out))
     return fiscal_year
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client import ledger
 from client.config import ClientConfig
 from client.errors import ClientError, UsageError
+from client.i18n import _
 from client.notice import render_password_notice
 from envelope import EncryptingWriter, EnvelopeError, passphrase
 from envelope.manifest import (
@@ -73,16 +74,24 @@ def validate_inputs(
         ClientError: a CSV that does not parse (names file and row).
     """
     if not paths:
-        raise UsageError("no print files given", hint="name one or more files to seal")
+        raise UsageError(_("no print files given"), hint=_("name one or more files to seal"))
     entries: list[FileEntry] = []
     seen: set[str] = set()
     for path in paths:
         try:
             name = check_file_name(path.name)
         except EnvelopeError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+            raise UsageError(
+                _("{path}: the file name cannot go into a batch: {reason}").format(
+                    path=path, reason=exc
+                )
+            ) from None
         if name.casefold() in seen:
-            raise UsageError(f"{path}: two input files are both named {name!r}")
+            raise UsageError(
+                _("{path}: two input files are both named {name}").format(
+                    path=path, name=repr(name)
+                )
+            )
         seen.add(name.casefold())
         entries.append(_describe(path, name, encoding, progress))
     return entries
@@ -93,20 +102,25 @@ def _describe(path: Path, name: str, encoding: str, progress: Progress | None) -
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+        raise UsageError(_("{path}: no such file").format(path=path)) from None
     except IsADirectoryError:
-        raise UsageError(f"{path}: not a regular file") from None
+        raise UsageError(_("{path}: not a regular file").format(path=path)) from None
     except OSError as exc:
-        raise UsageError(f"{path}: cannot open: {exc.strerror}") from None
+        raise UsageError(
+            _("{path}: cannot open: {reason}").format(path=path, reason=exc.strerror)
+        ) from None
     with handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"{path}: not a regular file")
+            raise UsageError(_("{path}: not a regular file").format(path=path))
         if info.st_size == 0:
-            raise UsageError(f"{path}: the file is empty")
+            raise UsageError(_("{path}: the file is empty").format(path=path))
         head = handle.read(64)
         if head.lstrip().startswith(_AGE_MAGIC):
-            raise UsageError(f"{path}: already an age file", hint="seal the original print data")
+            raise UsageError(
+                _("{path}: already an age file").format(path=path),
+                hint=_("seal the original print data"),
+            )
         handle.seek(0)
         digest = _BackgroundDigest()
         size = 0
@@ -121,7 +135,10 @@ def _describe(path: Path, name: str, encoding: str, progress: Progress | None) -
         try:
             records = count_records(handle, name, encoding, on_bytes=take)
         except EnvelopeError as exc:
-            raise ClientError(str(exc), hint=f"check the file is {encoding} CSV") from None
+            raise ClientError(
+                _("the print file cannot be read: {reason}").format(reason=exc),
+                hint=_("check the file is {encoding} CSV").format(encoding=encoding),
+            ) from None
     return FileEntry(name=name, size=size, sha256=digest.hexdigest(), records=records)
 
 
@@ -150,7 +167,9 @@ def seal(
     try:
         check_notice_type(notice_type)
     except EnvelopeError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(
+            _("invalid notice type {value}: {reason}").format(value=repr(notice_type), reason=exc)
+        ) from None
     key_path = config.path(config.identity.private_key)
     ward_key = ledger.load_key(key_path, "identity.private_key") if key_path.exists() else None
     out = (out_dir or config.path(config.seal.out_dir)).absolute()
@@ -169,7 +188,9 @@ def seal(
     final = out / f"{manifest.batch_id}{AGE_SUFFIX}"
     notice = notices / f"{manifest.batch_id}{NOTICE_SUFFIX}"
     if final.exists() or notice.exists():
-        raise ClientError(f"batch {manifest.batch_id} already exists; run seal again")
+        raise ClientError(
+            _("batch {batch} already exists; run seal again").format(batch=manifest.batch_id)
+        )
     linked = False
     temp = out / f".{manifest.batch_id}{AGE_SUFFIX}.tmp"
     try:
@@ -232,14 +253,20 @@ def _check_dirs(out: Path, notices: Path) -> None:
     out_r, notices_r = out.resolve(), notices.resolve()
     if notices_r == out_r or out_r in notices_r.parents:
         raise UsageError(
-            f"the notice directory {notices} is inside the output directory {out}",
-            hint="password notices must never travel with the data: choose another --notice-dir",
+            _("the notice directory {notices} is inside the output directory {out}").format(
+                notices=notices, out=out
+            ),
+            hint=_("password notices must never travel with the data: choose another --notice-dir"),
         )
     for directory in (out, notices):
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ClientError(f"{directory}: cannot create directory: {exc.strerror}") from None
+            raise ClientError(
+                _("{path}: cannot create directory: {reason}").format(
+                    path=directory, reason=exc.strerror
+                )
+            ) from None
 
 
 def _exclusive(path: Path) -> BinaryIO:
@@ -248,7 +275,9 @@ def _exclusive(path: Path) -> BinaryIO:
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise ClientError(f"{path} exists: another seal is running or one crashed") from None
+        raise ClientError(
+            _("{path} exists: another seal is running or one crashed").format(path=path)
+        ) from None
     return os.fdopen(fd, "wb")
 
 
@@ -389,8 +418,8 @@ class _CheckedReader:
     def changed(self) -> ClientError:
         """The error for a file that changed since validation."""
         return ClientError(
-            f"{self._entry.name}: the file changed while it was being sealed",
-            hint="wait until the file is complete, then seal again",
+            _("{name}: the file changed while it was being sealed").format(name=self._entry.name),
+            hint=_("wait until the file is complete, then seal again"),
         )
 
 

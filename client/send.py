@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from client import ledger, transfer
 from client.config import ClientConfig
-from client.errors import ClientError, ConfigError, TemporaryError, UsageError
+from client.errors import ClientError, ConfigError, TemporaryError, UsageError, explain
+from client.i18n import _
 from client.ui import progress_bar
 from custody import CustodyError, fingerprint, load_public_key, loads_record, verify_record
 from custody.records import KIND_RECEIPT
@@ -85,17 +86,22 @@ def resolve(target: str, config: ClientConfig) -> tuple[str, Path]:
         path = Path(target)
         if path.suffix != AGE_SUFFIX:
             raise UsageError(
-                f"{target!r} is neither a batch id nor a .age file",
-                hint="give the batch id printed by seal, e.g. 20260715-KAIGO-7F3KQ2",
+                _("{target} is neither a batch id nor a .age file").format(target=repr(target)),
+                hint=_("give the batch id printed by seal, e.g. {example}").format(
+                    example="20260715-KAIGO-7F3KQ2"
+                ),
             )
         batch = path.name[: -len(AGE_SUFFIX)]
         if not BATCH_ID_RE.fullmatch(batch):
             raise UsageError(
-                f"{path.name}: the file name is not <batch-id>.age",
-                hint="send the envelope under the name seal gave it",
+                _("{name}: the file name is not <batch-id>.age").format(name=path.name),
+                hint=_("send the envelope under the name seal gave it"),
             )
     if not path.is_file():
-        raise UsageError(f"{path}: no such sealed batch", hint="check the batch id or the path")
+        raise UsageError(
+            _("{path}: no such sealed batch").format(path=path),
+            hint=_("check the batch id or the path"),
+        )
     return batch, path
 
 
@@ -107,21 +113,23 @@ def settings(config: ClientConfig) -> tuple[transfer.Endpoint, Ed25519PublicKey]
             line that is not ``ssh-ed25519`` (exit 78).
     """
     gw = config.gateway
-    file = str(config.source) if config.source else "(defaults)"
+    file = str(config.source) if config.source else _("(defaults)")
     for name in ("user", "tenant", "host_key", "receipt_key"):
         if not getattr(gw, name).strip():
             raise ConfigError(
                 file,
                 f"gateway.{name}",
-                "is empty; use the client configuration the contractor issued with the account "
-                "(never trust a gateway key on first use)",
+                _(
+                    "is empty; use the client configuration the contractor issued with the "
+                    "account (never trust a gateway key on first use)"
+                ),
             )
     keys: list[Ed25519PublicKey] = []
     for name in ("host_key", "receipt_key"):
         try:
             keys.append(load_public_key(getattr(gw, name)))
         except CustodyError as exc:
-            raise ConfigError(file, f"gateway.{name}", str(exc)) from None
+            raise ConfigError(file, f"gateway.{name}", explain(exc)) from None
     endpoint = transfer.Endpoint(
         gw.host, gw.port, gw.user, keys[0], float(gw.connect_timeout_seconds)
     )
@@ -163,16 +171,18 @@ def send(
             already = session.size(receipt) is not None or session.size(final) is not None
             if already:
                 resumed_from = 0
-                with progress_bar(f"checking {batch}", size) as advance:
+                with progress_bar(_("checking {batch}").format(batch=batch), size) as advance:
                     digest = _sha256(handle, local, 0, size, hashlib.sha256(), advance)
             else:
                 resumed_from, digest = _upload(session, handle, local, part, size)
                 if sealed is not None and digest != sealed:
                     session.remove(part)
                     raise ClientError(
-                        f"{local} changed since it was sealed (its SHA-256 differs from the "
-                        "ledger's); the upload was withdrawn",
-                        hint="seal the print data again",
+                        _(
+                            "{path} changed since it was sealed (its SHA-256 differs from the "
+                            "ledger's); the upload was withdrawn"
+                        ).format(path=local),
+                        hint=_("seal the print data again"),
                     )
                 rename_timeout = endpoint.timeout + size / GATEWAY_HASH_BYTES_PER_SECOND
                 session.rename(part, final, timeout=rename_timeout)
@@ -202,7 +212,7 @@ def _upload(
         session.remove(part)
         offset = 0
     digest = hashlib.sha256()
-    with progress_bar(f"sending {local.name}", size) as advance:
+    with progress_bar(_("sending {name}").format(name=local.name), size) as advance:
         _sha256(handle, local, 0, offset, digest, advance)
         if offset < size:
             blocks = _blocks(handle, local, offset, size, digest)
@@ -210,8 +220,10 @@ def _upload(
     remote = session.size(part)
     if remote != size:
         raise ClientError(
-            f"the gateway holds {remote} bytes of {part}, expected {size}",
-            hint="another send of this batch may be running; run send again later",
+            _("the gateway holds {remote} bytes of {path}, expected {size}").format(
+                remote=remote, path=part, size=size
+            ),
+            hint=_("another send of this batch may be running; run send again later"),
         )
     return offset, digest.hexdigest()
 
@@ -226,12 +238,16 @@ def _blocks(
         while remaining:
             block = handle.read(min(READ_BLOCK_BYTES, remaining))
             if not block:
-                raise ClientError(f"{local}: the file shrank while it was being sent")
+                raise ClientError(
+                    _("{path}: the file shrank while it was being sent").format(path=local)
+                )
             digest.update(block)
             remaining -= len(block)
             yield block
     except OSError as exc:
-        raise ClientError(f"{local}: cannot read: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot read: {reason}").format(path=local, reason=exc.strerror or exc)
+        ) from None
 
 
 def _sha256(
@@ -254,14 +270,16 @@ def _locked_local(local: Path) -> Iterator[BinaryIO]:
     try:
         handle = local.open("rb")
     except OSError as exc:
-        raise ClientError(f"{local}: cannot open: {exc.strerror or exc}") from None
+        raise ClientError(
+            _("{path}: cannot open: {reason}").format(path=local, reason=exc.strerror or exc)
+        ) from None
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ClientError(
-                f"another lgwan-client is already sending {local.name}",
-                hint="wait for it to finish",
+                _("another lgwan-client is already sending {name}").format(name=local.name),
+                hint=_("wait for it to finish"),
             ) from None
         yield handle
 
@@ -291,8 +309,10 @@ def _fetch_receipt(
     while (data := session.read(path, MAX_RECEIPT_BYTES)) is None:
         if time.monotonic() >= deadline:
             raise TemporaryError(
-                f"the gateway has not issued the receipt {path} yet",
-                hint="the upload is complete; run send again later to fetch and verify the receipt",
+                _("the gateway has not issued the receipt {path} yet").format(path=path),
+                hint=_(
+                    "the upload is complete; run send again later to fetch and verify the receipt"
+                ),
             )
         time.sleep(0.2)
     try:
@@ -300,9 +320,13 @@ def _fetch_receipt(
         body = verify_record(doc, receipt_key, kind=KIND_RECEIPT)
     except CustodyError as exc:
         raise ClientError(
-            f"the gateway's receipt for {batch} does not verify: {exc}",
-            hint="the receipt is not signed by the pinned gateway.receipt_key; "
-            "do not treat the batch as delivered — tell the contractor",
+            _("the gateway's receipt for {batch} does not verify: {reason}").format(
+                batch=batch, reason=exc
+            ),
+            hint=_(
+                "the receipt is not signed by the pinned gateway.receipt_key; "
+                "do not treat the batch as delivered — tell the contractor"
+            ),
         ) from None
     return doc, body
 
@@ -330,21 +354,37 @@ def _compare(
     for name, expected in expected_fields:
         if body.get(name) != expected:
             raise ClientError(
-                f"the gateway's receipt names {name} {body.get(name)!r}, expected {expected!r}"
+                _("the gateway's receipt names {field} {value}, expected {expected}").format(
+                    field=name, value=repr(body.get(name)), expected=repr(expected)
+                )
             )
     if body.get("size") != size or body.get("sha256") != sha256:
-        cause = (
-            f"; the partial upload the gateway kept from an earlier attempt "
-            f"({resumed_from} bytes) was damaged"
-            if resumed_from
-            else ""
-        )
+        values = {
+            "batch": batch,
+            "size": body.get("size"),
+            "sha256": body.get("sha256"),
+            "local_size": size,
+            "local_sha256": sha256,
+            "resumed": resumed_from,
+        }
+        if resumed_from:
+            message = _(
+                "the gateway received different content for {batch}: {size} bytes, SHA-256 "
+                "{sha256}; the local file is {local_size} bytes, SHA-256 {local_sha256}; the "
+                "partial upload the gateway kept from an earlier attempt ({resumed} bytes) was "
+                "damaged"
+            )
+        else:
+            message = _(
+                "the gateway received different content for {batch}: {size} bytes, SHA-256 "
+                "{sha256}; the local file is {local_size} bytes, SHA-256 {local_sha256}"
+            )
         raise ClientError(
-            f"the gateway received different content for {batch}: "
-            f"{body.get('size')} bytes, SHA-256 {body.get('sha256')}; "
-            f"the local file is {size} bytes, SHA-256 {sha256}{cause}",
-            hint="do not treat the batch as delivered; ask the contractor to quarantine it, "
-            "then seal the print data again",
+            message.format(**values),
+            hint=_(
+                "do not treat the batch as delivered; ask the contractor to quarantine it, "
+                "then seal the print data again"
+            ),
         )
 
 

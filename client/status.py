@@ -44,6 +44,7 @@ from client import certificate, certificate_store, ledger, send, transfer
 from client.certificate_store import CertificateCopy
 from client.config import ClientConfig
 from client.errors import ClientError, ConfigError, TemporaryError, UsageError
+from client.i18n import _
 from custody import (
     KIND_RECEIPT,
     KIND_STATUS,
@@ -130,13 +131,15 @@ def check(
     received_at: datetime | None = None
     try:
         if receipt is not None:
-            body = _verified(receipt, KIND_RECEIPT, receipt_key, "receipt")
-            _same(body, batch, tenant, signer, "receipt")
-            received_at = _time(body.get("received_at"), "receipt", "received_at")
+            what = _("receipt")
+            body = _verified(receipt, KIND_RECEIPT, receipt_key, what)
+            _same(body, batch, tenant, signer, what)
+            received_at = _time(body.get("received_at"), what, "received_at")
         if status_record is not None:
-            body = _verified(status_record, KIND_STATUS, receipt_key, "status record")
-            _same(body, batch, tenant, signer, "status record")
-            return _from_status(batch, body)
+            what = _("status record")
+            body = _verified(status_record, KIND_STATUS, receipt_key, what)
+            _same(body, batch, tenant, signer, what)
+            return _from_status(batch, body, what)
     except _RecordError as exc:
         return BatchStatus(batch, None, None, None, None, problem=str(exc))
     return BatchStatus(batch, STATE_RECEIVED, received_at, None, None)
@@ -153,25 +156,36 @@ def _same(body: Mapping[str, object], batch: str, tenant: str, signer: str, what
     """Refuse a record about another batch or tenant (a replay) or naming another key."""
     for name, expected in (("batch_id", batch), ("tenant", tenant), ("gateway_key", signer)):
         if body.get(name) != expected:
+            if name == "batch_id":
+                text = _(
+                    "{what} names {field} {value}, expected {expected} — copied from another batch"
+                )
+            else:
+                text = _("{what} names {field} {value}, expected {expected}")
             raise _RecordError(
-                f"{what} names {name} {_short(body.get(name))}, expected {expected!r}"
-                + (" — copied from another batch" if name == "batch_id" else "")
+                text.format(
+                    what=what, field=name, value=_short(body.get(name)), expected=repr(expected)
+                )
             )
 
 
-def _from_status(batch: str, body: Mapping[str, object]) -> BatchStatus:
+def _from_status(batch: str, body: Mapping[str, object], what: str) -> BatchStatus:
     if set(body) != set(STATUS_FIELDS):
         raise _RecordError(
-            f"status record has fields {sorted(body)}, expected {list(STATUS_FIELDS)}"
+            _("status record has fields {fields}, expected {expected}").format(
+                fields=sorted(body), expected=list(STATUS_FIELDS)
+            )
         )
     state, reason, seq = body["state"], body["reason"], body["seq"]
     if not isinstance(state, str) or not STATE_RE.fullmatch(state):
-        raise _RecordError(f"status record names no valid state: {_short(state)}")
+        raise _RecordError(
+            _("status record names no valid state: {value}").format(value=_short(state))
+        )
     if reason is not None and not isinstance(reason, str):
-        raise _RecordError("status record reason is not text")
+        raise _RecordError(_("status record reason is not text"))
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise _RecordError(f"status record seq is not a count: {_short(seq)}")
-    at = _time(body["at"], "status record", "at")
+        raise _RecordError(_("status record seq is not a count: {value}").format(value=_short(seq)))
+    at = _time(body["at"], what, "at")
     return BatchStatus(batch, state, at, reason, seq)
 
 
@@ -181,7 +195,11 @@ def _time(value: object, what: str, name: str) -> datetime:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise _RecordError(f"{what} {name} is not an ISO 8601 time with offset: {_short(value)}")
+        raise _RecordError(
+            _("{what} {field} is not an ISO 8601 time with offset: {value}").format(
+                what=what, field=name, value=_short(value)
+            )
+        )
     return moment
 
 
@@ -209,7 +227,8 @@ def status(
     """
     if batch is not None and not BATCH_ID_RE.fullmatch(batch):
         raise UsageError(
-            f"{batch!r} is not a batch id", hint="e.g. 20260715-KAIGO-7F3KQ2 (as printed by seal)"
+            _("{value} is not a batch id").format(value=repr(batch)),
+            hint=_("e.g. {example} (as printed by seal)").format(example="20260715-KAIGO-7F3KQ2"),
         )
     endpoint, receipt_key = send.settings(config)
     setting = "--key" if key_path is not None else "identity.private_key"
@@ -235,8 +254,8 @@ def status(
             found.append(item)
     if batch is not None and not found:
         raise ClientError(
-            f"the gateway has no record of batch {batch}",
-            hint="check the batch id; a batch appears here once send has completed",
+            _("the gateway has no record of batch {batch}").format(batch=batch),
+            hint=_("check the batch id; a batch appears here once send has completed"),
         )
     return found
 
@@ -281,7 +300,7 @@ def _names(session: transfer.Session) -> list[str]:
     :class:`client.transfer.Session` offers no directory listing, so this uses
     its SFTP channel under the session's own failure mapping.
     """
-    with session.mapped(f"listing {RECEIPTS}"):
+    with session.mapped(_("listing {path}").format(path=RECEIPTS)):
         names: list[str] = session._sftp.listdir(RECEIPTS)
     return names
 
@@ -356,25 +375,50 @@ def _settled(copy: CertificateCopy) -> bool:
 
 
 def _note(copy: CertificateCopy) -> Note:
-    batch, path, problem = copy.batch_id, copy.path, copy.problem
-    run = f"run 'lgwan-client verify-certificate {path}'"
-    saved = f"{batch}: erasure certificate " + (f"saved as {path}" if copy.saved else f"{path}")
+    values = {"batch": copy.batch_id, "path": copy.path, "problem": copy.problem}
     check = copy.check
     if check == certificate_store.CHECK_VALID and copy.ledger_seq is not None:
-        return Note(False, f"{saved} verifies (recorded as ledger seq {copy.ledger_seq})")
+        text = (
+            _(
+                "{batch}: erasure certificate saved as {path} verifies "
+                "(recorded as ledger seq {seq})"
+            )
+            if copy.saved
+            else _("{batch}: erasure certificate {path} verifies (recorded as ledger seq {seq})")
+        )
+        return Note(False, text.format(seq=copy.ledger_seq, **values))
     if check == certificate_store.CHECK_VALID:
-        return Note(False, f"{saved} verifies", f"{run} to record it in the ledger")
+        text = (
+            _("{batch}: erasure certificate saved as {path} verifies")
+            if copy.saved
+            else _("{batch}: erasure certificate {path} verifies")
+        )
+        hint = _("run 'lgwan-client verify-certificate {path}' to record it in the ledger")
+        return Note(False, text.format(**values), hint.format(**values))
     if check == certificate_store.CHECK_UNCHECKED:
-        first = "set [printsite] signing_key, then " if "signing_key" in (problem or "") else ""
-        return Note(False, f"{saved} is not verified ({problem})", first + run)
+        text = (
+            _("{batch}: erasure certificate saved as {path} is not verified ({problem})")
+            if copy.saved
+            else _("{batch}: erasure certificate {path} is not verified ({problem})")
+        )
+        if "signing_key" in (copy.problem or ""):  # kept as is in every language
+            hint = _(
+                "set [printsite] signing_key, then run 'lgwan-client verify-certificate {path}'"
+            )
+        else:
+            hint = _("run 'lgwan-client verify-certificate {path}'")
+        return Note(False, text.format(**values), hint.format(**values))
     if check == certificate_store.CHECK_CONFLICT:
-        return Note(True, f"{batch}: {problem}", certificate_store.CONFLICT_HINT)
+        return Note(True, f"{copy.batch_id}: {copy.problem}", certificate_store.conflict_hint())
     if check == certificate_store.CHECK_UNAVAILABLE:
-        message = f"{batch}: the erasure certificate at the gateway cannot be read: {problem}"
-        return Note(True, message, "tell the contractor")
-    return Note(
-        True, f"{saved} does NOT verify: {problem}", "do not rely on it; tell the contractor"
+        text = _("{batch}: the erasure certificate at the gateway cannot be read: {problem}")
+        return Note(True, text.format(**values), _("tell the contractor"))
+    text = (
+        _("{batch}: erasure certificate saved as {path} does NOT verify: {problem}")
+        if copy.saved
+        else _("{batch}: erasure certificate {path} does NOT verify: {problem}")
     )
+    return Note(True, text.format(**values), _("do not rely on it; tell the contractor"))
 
 
 def json_line(item: BatchStatus) -> str:
@@ -387,20 +431,20 @@ def render_table(items: Iterable[BatchStatus]) -> None:
     console = Console(markup=False, highlight=False, emoji=False)
     listed = list(items)
     if not listed:
-        console.print("no batches at the gateway", style="dim")
+        console.print(_("no batches at the gateway"), style="dim")
         return
     table = Table(
-        Column("batch", no_wrap=True),
-        Column("state", no_wrap=True),
-        Column("at (JST)", no_wrap=True),
-        Column("reason", overflow="fold"),
+        Column(_("batch"), no_wrap=True),
+        Column(_("state"), no_wrap=True),
+        Column(_("at (JST)"), no_wrap=True),
+        Column(_("reason"), overflow="fold"),
     )
     for item in listed:
         if item.valid:
             state = Text(item.state or "", style=_STYLES.get(item.state or "", ""))
             table.add_row(item.batch_id, state, format_time(item.at), _display(item.reason))
         else:
-            invalid = Text(INVALID, style="bold red")
+            invalid = Text(_("signature INVALID"), style="bold red")
             table.add_row(item.batch_id, invalid, "", Text(_display(item.problem), style="red"))
     console.print(table)
 

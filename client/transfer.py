@@ -28,6 +28,7 @@ import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from client.errors import ClientError, TemporaryError
+from client.i18n import _
 from custody.keys import FINGERPRINT_PREFIX, fingerprint, private_key_to_openssh
 from custody.keys import ssh_public_key_blob as _blob
 
@@ -85,8 +86,10 @@ def connect(endpoint: Endpoint, password: str, key: Ed25519PrivateKey) -> "Sessi
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.timeout)
     except OSError as exc:
         raise TemporaryError(
-            f"cannot reach the gateway at {where}: {_reason(exc)}",
-            hint="check the line to the gateway; the command is safe to run again",
+            _("cannot reach the gateway at {where}: {reason}").format(
+                where=where, reason=_reason(exc)
+            ),
+            hint=_("check the line to the gateway; the command is safe to run again"),
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(
@@ -95,13 +98,14 @@ def connect(endpoint: Endpoint, password: str, key: Ed25519PrivateKey) -> "Sessi
     try:
         _restrict(transport, endpoint.timeout)
         session = Session(endpoint, transport)
-        with session.mapped("connection"):
+        with session.mapped(_("connection")):
             transport.start_client(timeout=endpoint.timeout)
         if not transport.is_active() or not getattr(transport, "initial_kex_done", False):
             raise TemporaryError(
-                f"the gateway at {where} did not complete the SSH handshake "
-                f"within {endpoint.timeout:g} s",
-                hint="check the line to the gateway; the command is safe to run again",
+                _(
+                    "the gateway at {where} did not complete the SSH handshake within {seconds} s"
+                ).format(where=where, seconds=f"{endpoint.timeout:g}"),
+                hint=_("check the line to the gateway; the command is safe to run again"),
             )
         session.check_host_key()
         session.login(password, key)
@@ -139,12 +143,20 @@ class Session:
         digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
         seen = FINGERPRINT_PREFIX + digest
         raise ClientError(
-            f"the gateway at {self._endpoint.address} presented host key {seen} "
-            f"({remote.get_name()}), but {self.host_key_fingerprint} is pinned; "
-            "refusing to connect",
-            hint="if the contractor replaced the gateway's key, get the new key in writing "
-            "(credential notice or client config) and update gateway.host_key; otherwise "
-            "someone may be between you and the gateway — tell the contractor",
+            _(
+                "the gateway at {where} presented host key {seen} ({type}), but {pinned} is "
+                "pinned; refusing to connect"
+            ).format(
+                where=self._endpoint.address,
+                seen=seen,
+                type=remote.get_name(),
+                pinned=self.host_key_fingerprint,
+            ),
+            hint=_(
+                "if the contractor replaced the gateway's key, get the new key in writing "
+                "(credential notice or client config) and update gateway.host_key; otherwise "
+                "someone may be between you and the gateway — tell the contractor"
+            ),
         )
 
     def login(self, password: str, key: Ed25519PrivateKey) -> None:
@@ -155,22 +167,27 @@ class Session:
             TemporaryError: the connection dropped.
         """
         user, transport = self._endpoint.user, self._transport
-        with self.mapped("login"):
+        with self.mapped(_("login")):
             try:
                 remaining = transport.auth_password(user, password, fallback=False)
             except paramiko.BadAuthenticationType as exc:
                 raise ClientError(
-                    f"the gateway does not accept a password for {user!r} "
-                    f"(it offers: {', '.join(exc.allowed_types) or 'nothing'})"
+                    _(
+                        "the gateway does not accept a password for {user} (it offers: {types})"
+                    ).format(user=repr(user), types=", ".join(exc.allowed_types) or _("nothing"))
                 ) from None
             except paramiko.AuthenticationException:
                 if not transport.is_active():  # the gateway went away: mapped() says 75
                     raise EOFError("the connection closed during login") from None
                 raise ClientError(
-                    f"login refused for {user!r}: wrong password, or the account is locked "
-                    "or not allowed from this address",
-                    hint="repeated failures lock the account; check the credential notice "
-                    "or ask the contractor",
+                    _(
+                        "login refused for {user}: wrong password, or the account is locked "
+                        "or not allowed from this address"
+                    ).format(user=repr(user)),
+                    hint=_(
+                        "repeated failures lock the account; check the credential notice "
+                        "or ask the contractor"
+                    ),
                 ) from None
             if remaining and "publickey" in remaining:
                 pkey = paramiko.Ed25519Key(
@@ -182,13 +199,18 @@ class Session:
                     if not transport.is_active():
                         raise EOFError("the connection closed during login") from None
                     raise ClientError(
-                        f"login refused for {user!r}: the gateway does not accept the key "
-                        f"{fingerprint(key.public_key())}",
-                        hint="use the key whose public half the contractor registered "
-                        "(identity.private_key or --key)",
+                        _(
+                            "login refused for {user}: the gateway does not accept the key {key}"
+                        ).format(user=repr(user), key=fingerprint(key.public_key())),
+                        hint=_(
+                            "use the key whose public half the contractor registered "
+                            "(identity.private_key or --key)"
+                        ),
                     ) from None
         if not transport.is_authenticated():
-            raise ClientError(f"login for {user!r} was not completed by the gateway")
+            raise ClientError(
+                _("login for {user} was not completed by the gateway").format(user=repr(user))
+            )
 
     def open_sftp(self) -> None:
         """Open the SFTP subsystem.
@@ -196,15 +218,15 @@ class Session:
         Raises:
             ClientError: refused; TemporaryError: the connection dropped.
         """
-        with self.mapped("opening SFTP"):
+        with self.mapped(_("opening SFTP")):
             self._sftp = paramiko.SFTPClient.from_transport(self._transport)
             if self._sftp is None:
-                raise ClientError("the gateway refused the SFTP session")
+                raise ClientError(_("the gateway refused the SFTP session"))
             self._sftp.get_channel().settimeout(self._endpoint.timeout)
 
     def size(self, path: str) -> int | None:
         """The size of a remote file, or None when it does not exist."""
-        with self.mapped(f"stat {path}"):
+        with self.mapped(_("stat {path}").format(path=path)):
             try:
                 return int(self._sftp.stat(path).st_size)
             except FileNotFoundError:
@@ -216,7 +238,7 @@ class Session:
         Raises:
             ClientError: refused, or longer than ``max_bytes``.
         """
-        with self.mapped(f"reading {path}"):
+        with self.mapped(_("reading {path}").format(path=path)):
             try:
                 handle = self._sftp.open(path, "r")
             except FileNotFoundError:
@@ -224,7 +246,11 @@ class Session:
             with handle:
                 data: bytes = handle.read(max_bytes + 1)
         if len(data) > max_bytes:
-            raise ClientError(f"{path} on the gateway is larger than {max_bytes} bytes")
+            raise ClientError(
+                _("{path} on the gateway is larger than {max} bytes").format(
+                    path=path, max=max_bytes
+                )
+            )
         return data
 
     def upload(
@@ -242,13 +268,15 @@ class Session:
                 file is not ``offset`` bytes long when resuming.
             TemporaryError: the connection dropped.
         """
-        with self.mapped(f"upload to {path}"):
+        with self.mapped(_("upload to {path}").format(path=path)):
             handle = self._sftp.open(path, "a" if offset else "w")
             try:
                 if handle.tell() != offset:
                     raise ClientError(
-                        f"{path} on the gateway is {handle.tell()} bytes, expected {offset}",
-                        hint="another upload of this batch may be running; run send again",
+                        _("{path} on the gateway is {size} bytes, expected {offset}").format(
+                            path=path, size=handle.tell(), offset=offset
+                        ),
+                        hint=_("another upload of this batch may be running; run send again"),
                     )
                 _write_checked(handle, blocks, sent)
             except BaseException:
@@ -260,7 +288,7 @@ class Session:
     def rename(self, source: str, target: str, *, timeout: float) -> None:
         """Rename on the gateway, waiting up to ``timeout`` (it hashes the file first)."""
         channel = self._sftp.get_channel()
-        with self.mapped(f"rename {source}"):
+        with self.mapped(_("rename {path}").format(path=source)):
             channel.settimeout(timeout)
             try:
                 self._sftp.rename(source, target)
@@ -269,7 +297,7 @@ class Session:
 
     def remove(self, path: str) -> None:
         """Remove a remote file."""
-        with self.mapped(f"remove {path}"):
+        with self.mapped(_("remove {path}").format(path=path)):
             self._sftp.remove(path)
 
     @contextmanager
@@ -281,20 +309,26 @@ class Session:
             raise
         except paramiko.IncompatiblePeer as exc:
             raise ClientError(
-                f"{what}: no SSH algorithm in common with the gateway at "
-                f"{self._endpoint.address} ({exc})",
-                hint="the gateway must offer curve25519/ML-KEM, AES-GCM/CTR and an ssh-ed25519 key",
+                _(
+                    "{what}: no SSH algorithm in common with the gateway at {where} ({reason})"
+                ).format(what=what, where=self._endpoint.address, reason=exc),
+                hint=_(
+                    "the gateway must offer curve25519/ML-KEM, AES-GCM/CTR and an ssh-ed25519 key"
+                ),
             ) from None
         except (EOFError, TimeoutError, paramiko.SSHException, OSError) as exc:
             if isinstance(exc, EOFError | TimeoutError | ConnectionError) or (
                 not self._transport.is_active()
             ):
                 raise TemporaryError(
-                    f"{what}: the connection to the gateway at {self._endpoint.address} "
-                    f"was lost ({_reason(exc)})",
-                    hint="the command is safe to run again; an interrupted upload resumes",
+                    _(
+                        "{what}: the connection to the gateway at {where} was lost ({reason})"
+                    ).format(what=what, where=self._endpoint.address, reason=_reason(exc)),
+                    hint=_("the command is safe to run again; an interrupted upload resumes"),
                 ) from None
-            raise ClientError(f"{what}: the gateway refused: {_reason(exc)}") from None
+            raise ClientError(
+                _("{what}: the gateway refused: {reason}").format(what=what, reason=_reason(exc))
+            ) from None
 
     def close(self) -> None:
         """Close SFTP and the connection (a connection already lost closes quietly)."""
@@ -369,15 +403,15 @@ def _restrict(transport: paramiko.Transport, timeout: float) -> None:
 def _reason(exc: BaseException) -> str:
     """A short, secret-free description of a transport or SFTP failure."""
     if isinstance(exc, socket.gaierror):
-        return f"name not resolved ({exc.strerror})"
+        return _("name not resolved ({reason})").format(reason=exc.strerror)
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return _("timed out")
     if isinstance(exc, EOFError):
-        return "closed by the gateway"
+        return _("closed by the gateway")
     if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
-        return "permission denied"
+        return _("permission denied")
     if isinstance(exc, FileNotFoundError):
-        return "no such file"
+        return _("no such file")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc) or type(exc).__name__

@@ -6,6 +6,8 @@ receipts and status statements, the contractor's erasure certificates and log
 checkpoints; hash-chained JSON-lines logs (:mod:`custody.chain`) carry the
 gateway's audit log and the ward's hand-over ledger. Keys are Ed25519 in
 OpenSSH formats (:mod:`custody.keys`), named by their ``SHA256:…`` fingerprint.
+The erasure certificate's body rules, which the print site, the gateway and the
+ward all apply, are :mod:`custody.erasure_certificate`.
 """
 
 from custody.canonical import canonical_json, parse_json_strict
@@ -20,6 +22,13 @@ from custody.chain import (
     recover_head,
     verify_chain,
     verify_checkpoint,
+)
+from custody.erasure_certificate import (
+    MAX_CERTIFICATE_BYTES,
+    BodyError,
+    ErasedItem,
+    ErasureBody,
+    check_erasure_body,
 )
 from custody.errors import ChainError, CustodyError, KeyFormatError, RecordError, SignatureError
 from custody.keys import (
@@ -47,15 +56,20 @@ __all__ = [
     "KIND_ERASURE_CERTIFICATE",
     "KIND_RECEIPT",
     "KIND_STATUS",
+    "MAX_CERTIFICATE_BYTES",
+    "BodyError",
     "ChainError",
     "ChainHead",
     "ChainWriter",
     "CustodyError",
+    "ErasedItem",
+    "ErasureBody",
     "KeyFormatError",
     "RecordError",
     "SignatureError",
     "VerifyReport",
     "canonical_json",
+    "check_erasure_body",
     "dumps_record",
     "fingerprint",
     "generate_private_key",

@@ -96,7 +96,7 @@ def _set_up_sites(s: Scenario) -> None:
     )
     contractor = s.root / "gateway" / "shinjuku-printer.credentials.pdf"
     s.run(
-        "gateway: add the contractor account (pulls shinjuku's batches when there is no push route)",
+        "gateway: add the contractor account (pulls the batches when there is no push route)",
         ["lgwan-gateway", "--config", "gateway/gateway.toml", "user", "add", "shinjuku-printer",
          "--role", "contractor", "--tenant", TENANT,
          "--pubkey", "print-site/keys/contractor_ed25519.pub", "--allow", "127.0.0.1/32",

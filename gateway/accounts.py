@@ -52,6 +52,7 @@ from custody import keys
 from custody.errors import KeyFormatError
 from gateway.config import AuthSection
 from gateway.errors import GatewayError
+from gateway.i18n import _
 from gateway.state import (
     ROLE_FORWARDER,
     ROLES,
@@ -124,7 +125,9 @@ def generate_password() -> str:
         ``PASSWORD_GROUPS`` hyphen-joined groups of ``PASSWORD_GROUP_LEN``
         characters of :data:`PASSWORD_ALPHABET` (100 random bits), typed exactly as printed.
     """
-    chars = [secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_GROUPS * PASSWORD_GROUP_LEN)]
+    chars = [
+        secrets.choice(PASSWORD_ALPHABET) for _i in range(PASSWORD_GROUPS * PASSWORD_GROUP_LEN)
+    ]
     groups = (
         "".join(chars[i : i + PASSWORD_GROUP_LEN]) for i in range(0, len(chars), PASSWORD_GROUP_LEN)
     )
@@ -139,8 +142,8 @@ def check_name(name: str) -> str:
     """
     if not NAME_RE.fullmatch(name):
         raise InvalidAccountError(
-            f"invalid account name {name!r}",
-            hint="2-32 characters: a-z first, then a-z 0-9 . _ -",
+            _("invalid account name {name}").format(name=repr(name)),
+            hint=_("2-32 characters: a-z first, then a-z 0-9 . _ -"),
         )
     return name
 
@@ -153,7 +156,8 @@ def check_tenant(tenant: str) -> str:
     """
     if not TENANT_RE.fullmatch(tenant):
         raise InvalidAccountError(
-            f"invalid tenant {tenant!r}", hint="2-32 characters: a-z first, then a-z 0-9 -"
+            _("invalid tenant {tenant}").format(tenant=repr(tenant)),
+            hint=_("2-32 characters: a-z first, then a-z 0-9 -"),
         )
     return tenant
 
@@ -166,7 +170,8 @@ def check_role(role: str) -> str:
     """
     if role not in ROLES:
         raise InvalidAccountError(
-            f"invalid role {role!r}", hint="use ward, contractor or forwarder"
+            _("invalid role {role}").format(role=repr(role)),
+            hint=_("use ward, contractor or forwarder"),
         )
     return role
 
@@ -181,15 +186,15 @@ def check_key_only(role: str, allow: tuple[str, ...], password: str | None) -> N
     if role == ROLE_FORWARDER:
         if not allow:
             raise InvalidAccountError(
-                "a forwarder account needs an allow list",
-                hint="give --allow CIDR with the forwarding gateway's address(es)",
+                _("a forwarder account needs an allow list"),
+                hint=_("give --allow CIDR with the forwarding gateway's address(es)"),
             )
         if password is not None:
             raise InvalidAccountError(
-                "a forwarder account has no password (it logs in with its key only)"
+                _("a forwarder account has no password (it logs in with its key only)")
             )
     elif password is None:
-        raise InvalidAccountError(f"a {role} account needs a password")
+        raise InvalidAccountError(_("a {role} account needs a password").format(role=role))
 
 
 def parse_allow(allow: Iterable[str]) -> tuple[str, ...]:
@@ -207,8 +212,8 @@ def parse_allow(allow: Iterable[str]) -> tuple[str, ...]:
             network = ipaddress.ip_network(entry.strip(), strict=True)
         except ValueError:
             raise InvalidAccountError(
-                f"invalid network {entry!r} in the allow list",
-                hint="give a network address like 10.20.0.0/16 (no host bits) or one address",
+                _("invalid network {entry} in the allow list").format(entry=repr(entry)),
+                hint=_("give a network address like 10.20.0.0/16 (no host bits) or one address"),
             ) from None
         if str(network) not in networks:
             networks.append(str(network))
@@ -225,13 +230,15 @@ def check_password_strength(password: str) -> str:
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidAccountError(
-            f"the password is shorter than {MIN_PASSWORD_LENGTH} characters",
-            hint="omit --password-fd to have a strong one generated",
+            _("the password is shorter than {count} characters").format(count=MIN_PASSWORD_LENGTH),
+            hint=_("omit --password-fd to have a strong one generated"),
         )
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidAccountError(f"the password is longer than {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidAccountError(
+            _("the password is longer than {count} characters").format(count=MAX_PASSWORD_LENGTH)
+        )
     if not password.isprintable():
-        raise InvalidAccountError("the password contains control characters")
+        raise InvalidAccountError(_("the password contains control characters"))
     return password
 
 
@@ -248,8 +255,8 @@ def parse_public_key(text: str) -> tuple[str, str]:
         public = keys.load_public_key(text)
     except KeyFormatError as exc:
         raise InvalidAccountError(
-            f"not a usable public key: {exc}",
-            hint="give the .pub file written by 'lgwan-client keygen' (one ssh-ed25519 line)",
+            _("not a usable public key: {reason}").format(reason=exc),
+            hint=_("give the .pub file written by 'lgwan-client keygen' (one ssh-ed25519 line)"),
         ) from None
     return keys.public_key_to_openssh(public), keys.fingerprint(public)
 
@@ -376,10 +383,12 @@ class Accounts:
         check_password_strength(password)
         account = self._store.get_account(name)
         if account is None:
-            raise UnknownAccountError(f"no account {name!r}")
+            raise UnknownAccountError(_("no account {name}").format(name=repr(name)))
         if account.role == ROLE_FORWARDER:
             raise InvalidAccountError(
-                f"{name!r} is a forwarder account: it has no password (key only)"
+                _("{name} is a forwarder account: it has no password (key only)").format(
+                    name=repr(name)
+                )
             )
         return self._store.update_account(
             name,

@@ -47,7 +47,7 @@ from gateway.accounts import (
     parse_allow,
     parse_public_key,
 )
-from gateway.app import load_key
+from gateway.app import init_hint, load_key
 from gateway.audit import AuditLog
 from gateway.credentials import (
     ClientConfig,
@@ -57,6 +57,7 @@ from gateway.credentials import (
     write_client_config,
 )
 from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.i18n import _
 from gateway.initialise import CONFIG_NAME as CONFIG_NAME
 from gateway.initialise import Initialised as Initialised
 from gateway.initialise import init_root as init_root
@@ -79,44 +80,70 @@ CLIENT_PRIVATE_KEY_DEFAULT = "keys/ward_ed25519"
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``init`` and ``user …`` to the top-level subcommands."""
-    p = sub.add_parser("init", help="create a gateway: config, keys, state database, directories")
-    p.add_argument("--root", type=Path, required=True, metavar="DIR")
+    p = sub.add_parser(
+        "init", help=_("create a gateway: config, keys, state database, directories")
+    )
+    p.add_argument(
+        "--root", type=Path, required=True, metavar="DIR",
+        help=_("the new gateway's directory (nothing in it is overwritten)"),
+    )  # fmt: skip
     p.set_defaults(run=cmd_init)
 
-    user = sub.add_parser("user", help="manage login accounts")
+    user = sub.add_parser("user", help=_("manage login accounts"))
     users = user.add_subparsers(dest="user_command", required=True, parser_class=type(user))
 
-    p = users.add_parser("add", help="create an account; its password goes on a credential notice")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--role", required=True, choices=ROLES)
-    p.add_argument("--tenant", required=True, metavar="T")
-    p.add_argument("--pubkey", type=Path, required=True, metavar="FILE")
-    p.add_argument("--allow", action="append", default=[], metavar="CIDR")
-    p.add_argument("--notice-out", type=Path, metavar="F.pdf")
-    p.add_argument("--client-config-out", type=Path, metavar="F.toml")
+    p = users.add_parser(
+        "add", help=_("create an account; its password goes on a credential notice")
+    )
+    p.add_argument("name", metavar="NAME", help=_("account name (user ID)"))
+    p.add_argument("--role", required=True, choices=ROLES, help=_("what the account may do"))
+    p.add_argument("--tenant", required=True, metavar="T", help=_("the ward's tenant name"))
+    p.add_argument(
+        "--pubkey", type=Path, required=True, metavar="FILE",
+        help=_("the account's OpenSSH ssh-ed25519 public key (.pub)"),
+    )  # fmt: skip
+    p.add_argument(
+        "--allow", action="append", default=[], metavar="CIDR",
+        help=_("network a login may come from (repeatable; default: any)"),
+    )  # fmt: skip
+    p.add_argument(
+        "--notice-out", type=Path, metavar="F.pdf",
+        help=_("write the credential notice (with the generated password) here"),
+    )  # fmt: skip
+    p.add_argument(
+        "--client-config-out", type=Path, metavar="F.toml",
+        help=_("write a ready lgwan-client configuration here"),
+    )  # fmt: skip
     p.add_argument(
         "--client-key", default=CLIENT_PRIVATE_KEY_DEFAULT, metavar="PATH",
-        help="the ward's private-key path written into --client-config-out",
+        help=_("the ward's private-key path written into --client-config-out"),
     )  # fmt: skip
-    p.add_argument("--password-fd", type=int, metavar="N")
+    p.add_argument("--password-fd", type=int, metavar="N", help=_("read the password from fd N"))
     p.set_defaults(run=cmd_user_add)
 
-    p = users.add_parser("list", help="list accounts (table on a terminal, JSON lines otherwise)")
+    p = users.add_parser(
+        "list", help=_("list accounts (table on a terminal, JSON lines otherwise)")
+    )
     p.set_defaults(run=cmd_user_list)
 
     for name, handler, text in (
-        ("lock", cmd_user_lock, "lock an account until it is unlocked"),
-        ("unlock", cmd_user_unlock, "clear the admin lock, a lockout and the failure count"),
-        ("remove", cmd_user_remove, "delete an account"),
+        ("lock", cmd_user_lock, _("lock an account until it is unlocked")),
+        ("unlock", cmd_user_unlock, _("clear the admin lock, a lockout and the failure count")),
+        ("remove", cmd_user_remove, _("delete an account")),
     ):
         p = users.add_parser(name, help=text)
-        p.add_argument("name", metavar="NAME")
+        p.add_argument("name", metavar="NAME", help=_("account name (user ID)"))
         p.set_defaults(run=handler)
 
-    p = users.add_parser("passwd", help="set a new password (generated onto a notice by default)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--notice-out", type=Path, metavar="F.pdf")
-    p.add_argument("--password-fd", type=int, metavar="N")
+    p = users.add_parser(
+        "passwd", help=_("set a new password (generated onto a notice by default)")
+    )
+    p.add_argument("name", metavar="NAME", help=_("account name (user ID)"))
+    p.add_argument(
+        "--notice-out", type=Path, metavar="F.pdf",
+        help=_("write the credential notice (with the generated password) here"),
+    )  # fmt: skip
+    p.add_argument("--password-fd", type=int, metavar="N", help=_("read the password from fd N"))
     p.set_defaults(run=cmd_user_passwd)
 
 
@@ -190,12 +217,16 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     password = None if key_only else _password(args)
     with _session(args) as s:
         if s.store.get_account(args.name) is not None:
-            raise DuplicateAccountError(f"account {args.name!r} already exists")
+            raise DuplicateAccountError(
+                _("account {name} already exists").format(name=repr(args.name))
+            )
         holder = s.store.find_account_by_fingerprint(key_fingerprint)
         if holder is not None:
             raise DuplicateKeyError(
-                f"public key {key_fingerprint} already belongs to account {holder.name!r}",
-                hint="each account needs its own key pair (lgwan-client keygen)",
+                _("public key {fingerprint} already belongs to account {name}").format(
+                    fingerprint=key_fingerprint, name=repr(holder.name)
+                ),
+                hint=_("each account needs its own key pair (lgwan-client keygen)"),
             )
         with _undo_on_failure(outputs):
             if args.notice_out is not None and password is not None:
@@ -265,11 +296,16 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     with _session(args) as s:
         current = s.store.get_account(args.name)
         if current is None:
-            raise GatewayError(f"no account {args.name!r}", hint="see 'lgwan-gateway user list'")
+            raise GatewayError(
+                _("no account {name}").format(name=repr(args.name)),
+                hint=_("see 'lgwan-gateway user list'"),
+            )
         if current.role == ROLE_FORWARDER:
             raise InvalidAccountError(
-                f"{current.name!r} is a forwarder account: it has no password (key only)",
-                hint="to change its key, remove the account and add it again",
+                _("{name} is a forwarder account: it has no password (key only)").format(
+                    name=repr(current.name)
+                ),
+                hint=_("to change its key, remove the account and add it again"),
             )
         with _undo_on_failure(outputs):
             if args.notice_out is not None:
@@ -310,17 +346,21 @@ def _refuse_password_options(args: argparse.Namespace) -> None:
     ]
     if given:
         raise UsageError(
-            f"a forwarder account has no password: {', '.join(given)} does not apply",
-            hint="give --pubkey (the forwarding gateway's forward_key .pub) and --allow CIDR",
+            _("a forwarder account has no password: {options} does not apply").format(
+                options=", ".join(given)
+            ),
+            hint=_("give --pubkey (the forwarding gateway's forward_key .pub) and --allow CIDR"),
         )
 
 
 def _need_notice(args: argparse.Namespace) -> None:
     if args.password_fd is None and args.notice_out is None:
         raise UsageError(
-            "a generated password is printed only on the credential notice; "
-            "without --notice-out it would be lost",
-            hint="give --notice-out F.pdf (or --password-fd N with a password you chose)",
+            _(
+                "a generated password is printed only on the credential notice; "
+                "without --notice-out it would be lost"
+            ),
+            hint=_("give --notice-out F.pdf (or --password-fd N with a password you chose)"),
         )
 
 
@@ -328,7 +368,7 @@ def _password(args: argparse.Namespace) -> str:
     if args.password_fd is None:
         return generate_password()
     return check_password_strength(
-        read_secret(args.password_fd, "Password: ", option="--password-fd")
+        read_secret(args.password_fd, _("Password: "), option="--password-fd")
     )
 
 
@@ -336,21 +376,26 @@ def _read_pubkey(path: Path) -> str:
     try:
         data = path.read_bytes()[: 16 * 1024]
     except OSError as exc:
-        raise UsageError(f"cannot read --pubkey {path}: {exc.strerror}") from None
+        raise UsageError(
+            _("cannot read --pubkey {path}: {reason}").format(path=path, reason=exc.strerror)
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidAccountError(f"{path} is not a text public-key file") from None
+        raise InvalidAccountError(
+            _("{path} is not a text public-key file").format(path=path)
+        ) from None
 
 
 def _refuse_existing(paths: list[Path]) -> None:
     for path in paths:
         if path.exists() or path.is_symlink():
             raise GatewayError(
-                f"{path} already exists", hint="choose another file name; nothing is overwritten"
+                _("{path} already exists").format(path=path),
+                hint=_("choose another file name; nothing is overwritten"),
             )
         if not path.parent.is_dir():
-            raise UsageError(f"directory {path.parent} does not exist")
+            raise UsageError(_("directory {path} does not exist").format(path=path.parent))
 
 
 @contextmanager
@@ -368,9 +413,7 @@ def _open_store(cfg: config_mod.GatewayConfig) -> StateStore:
     try:
         return StateStore.open(cfg.path(cfg.state.database), create=False)
     except StateError as exc:
-        raise GatewayError(
-            str(exc), hint="run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml"
-        ) from None
+        raise GatewayError(str(exc), hint=init_hint()) from None
 
 
 def _public_address(cfg: config_mod.GatewayConfig) -> tuple[str, int]:
@@ -403,7 +446,9 @@ def _write_notice(
     try:
         render_credential_notice(out, notice)
     except ValueError as exc:
-        raise InvalidAccountError(f"cannot print the credential notice: {exc}") from None
+        raise InvalidAccountError(
+            _("cannot print the credential notice: {reason}").format(reason=exc)
+        ) from None
 
 
 def _client_config(s: _Session, name: str, tenant: str, private_key: str) -> ClientConfig:
@@ -447,9 +492,17 @@ def _print_table(rows: list[dict[str, object]]) -> None:
     from rich.table import Table
 
     table = Table()
-    for header in ("name", "role", "tenant", "status", "allow", "failures", "created"):
+    for header in (
+        _("name"),
+        _("role"),
+        _("tenant"),
+        _("status"),
+        _("allow"),
+        _("failures"),
+        _("created"),
+    ):
         table.add_column(header, no_wrap=True)
-    table.add_column("key", overflow="fold")
+    table.add_column(_("key"), overflow="fold")
     for row in rows:
         allow = row["allow"]
         table.add_row(
@@ -457,7 +510,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
             str(row["role"]),
             str(row["tenant"]),
             str(row["status"]),
-            ", ".join(str(a) for a in allow) if isinstance(allow, list) and allow else "any",
+            ", ".join(str(a) for a in allow) if isinstance(allow, list) and allow else _("any"),
             str(row["failed_logins"]),
             str(row["created_at"])[:10],
             str(row["key_fingerprint"]),

@@ -27,12 +27,19 @@ from gateway.audit import AuditLog
 from gateway.config import GatewayConfig, load_private_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.forwarder import Forwarder
+from gateway.i18n import _
 from gateway.receipts import Completer
 from gateway.state import StateError, StateStore
 from gateway.status import StatusWriter
 from gateway.storage import Limits, Storage, StorageError
 
 INIT_HINT = "run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml"
+"""English; shown to people through :func:`init_hint` (translated when it is called)."""
+
+
+def init_hint() -> str:
+    """:data:`INIT_HINT` in the chosen language."""
+    return _("run 'lgwan-gateway init --root DIR' or pass --config DIR/gateway.toml")
 
 
 class BatchQueue(Protocol):
@@ -136,7 +143,7 @@ def build(
         try:
             store = StateStore.open(config.path(config.state.database), create=False)
         except StateError as exc:
-            raise GatewayError(str(exc), hint=INIT_HINT) from None
+            raise GatewayError(str(exc), hint=init_hint()) from None
         stack.callback(store.close)
         log = config.path(config.audit.log)
         checkpoints = config.path(config.audit.checkpoints)
@@ -159,7 +166,11 @@ def build(
         try:
             storage = Storage(config.path(config.storage.root), limits)
         except StorageError as exc:
-            raise GatewayError(f"storage {config.path(config.storage.root)}: {exc}") from None
+            raise GatewayError(
+                _("storage {path}: {reason}").format(
+                    path=config.path(config.storage.root), reason=exc
+                )
+            ) from None
         stack.callback(storage.close)
         status = StatusWriter(storage, store, signing_key)
         queue = queue if queue is not None else EventBatchQueue()
@@ -194,5 +205,5 @@ def load_key(config: GatewayConfig, name: str, value: str) -> Ed25519PrivateKey:
     try:
         return load_private_key(config, name, value)
     except ConfigError as exc:
-        exc.hint = exc.hint or INIT_HINT
+        exc.hint = exc.hint or init_hint()
         raise

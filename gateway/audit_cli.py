@@ -35,6 +35,7 @@ from gateway.audit_fields import COMMON_FIELDS
 from gateway.audit_files import AuditError, describe
 from gateway.audit_query import export, search, tail, verify
 from gateway.errors import ConfigError, UsageError
+from gateway.i18n import _, ngettext
 
 EXIT_OK = 0
 _SHOWN = ("seq", "time", "event", *COMMON_FIELDS)
@@ -43,36 +44,39 @@ _HIDDEN = frozenset({*_SHOWN, "prev", "hash"})
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``audit`` with its four subcommands to the program's subparsers."""
-    audit = sub.add_parser("audit", help="verify, search, export or follow the audit log")
+    audit = sub.add_parser("audit", help=_("verify, search, export or follow the audit log"))
     commands = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
 
-    p = commands.add_parser("verify", help="check the hash chain and every signed checkpoint")
-    p.add_argument("--public-key", type=Path, metavar="FILE", help="OpenSSH public key to pin")
+    p = commands.add_parser("verify", help=_("check the hash chain and every signed checkpoint"))
+    p.add_argument("--public-key", type=Path, metavar="FILE", help=_("OpenSSH public key to pin"))
     p.set_defaults(run=cmd_verify)
 
-    p = commands.add_parser("search", help="print the records matching every filter")
+    p = commands.add_parser("search", help=_("print the records matching every filter"))
     _add_filters(p)
     p.set_defaults(run=cmd_search)
 
-    p = commands.add_parser("export", help="write matching records to a CSV or JSON-lines file")
-    p.add_argument("--format", choices=("csv", "jsonl"), required=True, dest="fmt")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p = commands.add_parser("export", help=_("write matching records to a CSV or JSON-lines file"))
+    p.add_argument(
+        "--format", choices=("csv", "jsonl"), required=True, dest="fmt",
+        help=_("file format (its columns and keys stay English)"),
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help=_("the file to write"))
     _add_filters(p)
     p.set_defaults(run=cmd_export)
 
-    p = commands.add_parser("tail", help="print the last records; --follow waits for more")
-    p.add_argument("-n", type=int, default=10, metavar="N", help="records to show (default 10)")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p = commands.add_parser("tail", help=_("print the last records; --follow waits for more"))
+    p.add_argument("-n", type=int, default=10, metavar="N", help=_("records to show (default 10)"))
+    p.add_argument("--follow", "-f", action="store_true", help=_("keep printing new records"))
     p.set_defaults(run=cmd_tail)
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", metavar="ISO", help="from this time on (ISO 8601; local if naive)")
-    p.add_argument("--until", metavar="ISO", help="before this time (ISO 8601)")
-    p.add_argument("--user", metavar="NAME")
-    p.add_argument("--tenant", metavar="T")
-    p.add_argument("--batch", metavar="ID")
-    p.add_argument("--event", metavar="NAME", help="e.g. login_failed")
+    p.add_argument("--since", metavar="ISO", help=_("from this time on (ISO 8601; local if naive)"))
+    p.add_argument("--until", metavar="ISO", help=_("before this time (ISO 8601)"))
+    p.add_argument("--user", metavar="NAME", help=_("records of this account"))
+    p.add_argument("--tenant", metavar="T", help=_("records of this tenant"))
+    p.add_argument("--batch", metavar="ID", help=_("records of this batch"))
+    p.add_argument("--event", metavar="NAME", help=_("event name, e.g. login_failed"))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -82,13 +86,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(log, checkpoints, public_key(cfg, args.public_key))
     if not report.ok:
         raise AuditError(
-            f"audit log {log} is not intact: {describe(report)}",
-            hint="keep both files unchanged as evidence and raise an incident",
+            _("audit log {path} is not intact: {problem}").format(
+                path=log, problem=describe(report)
+            ),
+            hint=_("keep both files unchanged as evidence and raise an incident"),
         )
-    last = "none" if report.last_checkpoint is None else report.last_checkpoint
+    last = _("none") if report.last_checkpoint is None else str(report.last_checkpoint)
     print(
-        f"ok: {report.records} records, head seq {report.head.seq}, last checkpoint {last}"
-        f" (signed by {report.signer})"
+        _(
+            "ok: {records} records, head seq {seq}, last checkpoint {last} (signed by {signer})"
+        ).format(records=report.records, seq=report.head.seq, last=last, signer=report.signer)
     )
     return EXIT_OK
 
@@ -108,14 +115,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export matching records atomically; print how many went where."""
     cfg = config_mod.load(args.config)
     count = export(cfg.path(cfg.audit.log), args.out, args.fmt, **_filters(args))
-    print(f"{count} records written to {args.out}")
+    print(
+        ngettext(
+            "{count} record written to {path}", "{count} records written to {path}", count
+        ).format(count=count, path=args.out)
+    )
     return EXIT_OK
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print the last N records; with --follow, new ones until interrupted."""
     if args.n < 0:
-        raise UsageError("-n must not be negative")
+        raise UsageError(_("-n must not be negative"))
     cfg = config_mod.load(args.config)
     stop = threading.Event()
     found = tail(cfg.path(cfg.audit.log), args.n, args.follow, stop=stop)
@@ -149,8 +160,10 @@ def _when(text: str | None, option: str) -> datetime | None:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"{option} {text!r} is not an ISO 8601 date or time",
-            hint="e.g. 2025-07-01 or 2025-07-01T09:00:00+09:00",
+            _("{option} {value} is not an ISO 8601 date or time").format(
+                option=option, value=repr(text)
+            ),
+            hint=_("e.g. 2025-07-01 or 2025-07-01T09:00:00+09:00"),
         ) from None
     return when if when.utcoffset() is not None else when.astimezone()
 
@@ -162,7 +175,7 @@ def public_key(cfg: config_mod.GatewayConfig, explicit: Path | None) -> Ed25519P
             return load_public_key(explicit.read_bytes())
         except KeyFormatError as exc:
             raise AuditError(f"{explicit}: {exc}") from None
-    source = str(cfg.source) if cfg.source else "(defaults)"
+    source = str(cfg.source) if cfg.source else _("(defaults)")
     private = cfg.path(cfg.keys.signing_key)
     public = private.with_name(private.name + ".pub")
     try:
@@ -172,7 +185,11 @@ def public_key(cfg: config_mod.GatewayConfig, explicit: Path | None) -> Ed25519P
             return load_private_key(private.read_bytes()).public_key()
     except KeyFormatError as exc:
         raise ConfigError(source, "keys.signing_key", str(exc)) from None
-    raise ConfigError(source, "keys.signing_key", f"{private} not found (nor {public.name})")
+    raise ConfigError(
+        source,
+        "keys.signing_key",
+        _("{path} not found (nor {public})").format(path=private, public=public.name),
+    )
 
 
 def _print_json_lines(found: Iterable[dict[str, object]]) -> None:
@@ -191,10 +208,10 @@ def _print_table(found: Iterator[dict[str, object]]) -> None:
     rows = list(found)
     console = Console(markup=False, highlight=False, emoji=False)
     if not rows:
-        console.print("no matching records", style="dim")
+        console.print(_("no matching records"), style="dim")
         return
     columns = [c for c in _SHOWN if any(c in row for row in rows)]
-    table = Table(*columns, "detail", show_lines=False)
+    table = Table(*columns, _("detail"), show_lines=False)
     for row in rows:
         cells = [Text(_display(row.get(c))) for c in columns]
         table.add_row(*cells, Text(_display(_detail(row))))

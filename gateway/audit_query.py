@@ -38,6 +38,7 @@ from custody.canonical import canonical_json, parse_json_strict
 from custody.chain import MAX_LINE_BYTES
 from gateway.audit_fields import COMMON_FIELDS
 from gateway.audit_files import AuditError
+from gateway.i18n import _
 
 CSV_COLUMNS = ("seq", "time", "event", *COMMON_FIELDS, "detail")
 """Column order of the CSV export."""
@@ -121,7 +122,7 @@ def verify(log: Path, checkpoints: Path, public_key: Ed25519PublicKey) -> AuditR
         with log.open("rb") as stream:
             report = verify_chain(_lines(stream), checkpoints=docs, public_key=public_key)
     except OSError as exc:
-        raise AuditError(f"cannot read the audit log {log}: {exc.strerror or exc}") from None
+        raise _unreadable(log, exc) from None
     return AuditReport(
         report.ok,
         report.records,
@@ -195,7 +196,9 @@ def export(
                 return _write_jsonl(selected, handle)
             return _write_csv(selected, handle)
     except OSError as exc:
-        raise AuditError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise AuditError(
+            _("cannot write {path}: {reason}").format(path=out, reason=exc.strerror or exc)
+        ) from None
 
 
 def tail(
@@ -222,7 +225,7 @@ def tail(
     try:
         stream = log.open("rb")
     except OSError as exc:
-        raise AuditError(f"cannot read the audit log {log}: {exc.strerror or exc}") from None
+        raise _unreadable(log, exc) from None
     with stream:
         pos = _tail_offset(stream, max(n, 0))
         stream.seek(pos)
@@ -235,7 +238,9 @@ def tail(
             if not follow:
                 return
             if os.fstat(stream.fileno()).st_size < pos:
-                raise AuditError(f"the audit log {log} shrank while being followed")
+                raise AuditError(
+                    _("the audit log {path} shrank while being followed").format(path=log)
+                )
             stream.seek(pos)  # re-read a line still being written
             if stop is not None and stop.wait(poll_seconds):
                 return
@@ -252,12 +257,18 @@ def records(log: Path) -> Iterator[dict[str, object]]:
     try:
         stream = log.open("rb")
     except OSError as exc:
-        raise AuditError(f"cannot read the audit log {log}: {exc.strerror or exc}") from None
+        raise _unreadable(log, exc) from None
     with stream:
         for line_no, line in enumerate(_lines(stream), 1):
             if not line.endswith(b"\n"):
                 return  # a torn last line
             yield _record(line, log, line_no)
+
+
+def _unreadable(log: Path, exc: OSError) -> AuditError:
+    return AuditError(
+        _("cannot read the audit log {path}: {reason}").format(path=log, reason=exc.strerror or exc)
+    )
 
 
 def _record(line: bytes, log: Path, line_no: int | None) -> dict[str, object]:
@@ -266,10 +277,11 @@ def _record(line: bytes, log: Path, line_no: int | None) -> dict[str, object]:
     except CustodyError:
         value = None
     if not isinstance(value, dict):
-        where = f" line {line_no}" if line_no is not None else ""
-        raise AuditError(
-            f"{log}{where}: not an audit record", hint="run 'lgwan-gateway audit verify'"
-        )
+        if line_no is None:
+            problem = _("{path}: not an audit record").format(path=log)
+        else:
+            problem = _("{path} line {line}: not an audit record").format(path=log, line=line_no)
+        raise AuditError(problem, hint=_("run 'lgwan-gateway audit verify'"))
     return value
 
 
@@ -283,18 +295,22 @@ def _load_checkpoints(path: Path) -> list[dict[str, object]]:
     try:
         stream = path.open("rb")
     except FileNotFoundError:
-        raise AuditError(f"checkpoint file {path} is missing") from None
+        raise AuditError(_("checkpoint file {path} is missing").format(path=path)) from None
     except OSError as exc:
-        raise AuditError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise AuditError(
+            _("cannot read {path}: {reason}").format(path=path, reason=exc.strerror or exc)
+        ) from None
     docs: list[dict[str, object]] = []
     with stream:
         for line_no, line in enumerate(_lines(stream), 1):
             try:
                 if not line.endswith(b"\n"):
-                    raise AuditError("torn or overlong line")
+                    raise AuditError(_("torn or overlong line"))
                 docs.append(loads_record(line))
             except (AuditError, CustodyError) as exc:
-                raise AuditError(f"checkpoint file line {line_no}: {exc}") from None
+                raise AuditError(
+                    _("checkpoint file line {line}: {problem}").format(line=line_no, problem=exc)
+                ) from None
     return docs
 
 
@@ -313,7 +329,7 @@ def _tail_offset(stream: IO[bytes], n: int) -> int:
     cut = data.rfind(b"\n")  # anything after it is a torn last line
     if n == 0:
         return pos + cut + 1
-    for _ in range(n):
+    for _line in range(n):
         cut = data.rfind(b"\n", 0, cut)
         if cut < 0:
             return pos

@@ -41,6 +41,7 @@ from gateway.certificates import (
     store_once,
 )
 from gateway.destinations import CertificateSource, DeliveryError, TenantRoute
+from gateway.envelope_check import english
 from gateway.pipeline import DELIVERED
 from gateway.policy import Area, PolicyError
 from gateway.state import BatchRecord, StateError, StateStore
@@ -134,7 +135,7 @@ class CertificateIntake:
                 "forwarder_failed",
                 batch=batch.batch_id,
                 tenant=batch.tenant,
-                error=f"publishing the erasure certificate: {exc}",
+                error=f"publishing the erasure certificate: {english(exc)}",
             )
         return False
 
@@ -148,7 +149,7 @@ class CertificateIntake:
             tenant=tenant,
             destination=route.route.describe(),
             reason=exc.reason,
-            error=f"reading erasure certificates: {exc}",
+            error=f"reading erasure certificates: {english(exc)}",
         )
 
     # -- uploads (pull mode) -----------------------------------------------------------------

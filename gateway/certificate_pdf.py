@@ -46,8 +46,8 @@ KIND_LABELS = {
     "staging": ("受信途中の複製", "Staging copy"),
     "quarantine": ("隔離された複製", "Quarantine copy"),
     "retained": ("保管中の複製", "Retained copy"),
-    "receipt-copy": ("受領証の複製", "Receipt copy"),
 }
+"""A label for each of :data:`custody.erasure_certificate.ITEM_KINDS`."""
 CHANNEL_LABELS = {"lgwan": "LGWAN-ASP", "dvd": "DVD"}
 
 NOTE_JA = (

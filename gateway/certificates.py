@@ -2,20 +2,20 @@
 
 After ``lgwan-gateway erase`` the print site holds a データ消去証明書 / erasure
 certificate: a custody record of kind ``erasure-certificate`` signed with the
-print site's Ed25519 key, body exactly :data:`CERTIFICATE_FIELDS`::
+print site's Ed25519 key, whose body :mod:`custody.erasure_certificate`
+defines (exactly :data:`CERTIFICATE_FIELDS`; ``items`` lists every erased copy
+as ``{"kind", "path", "size", "sha256"}``, the hashes taken before erasure).
 
-    {"batch_id", "tenant", "channel", "items", "method", "started_at",
-     "finished_at", "handler", "approver", "opened", "printsite_key"}
-
-``items`` lists every erased copy as ``{"kind", "path", "size", "sha256"}``
-(:data:`ITEM_FIELDS`; ``kind`` one of :data:`ITEM_KINDS`), the hashes taken
-before erasure.
-
-:func:`check_certificate` accepts one only when the signature verifies with the
-pinned key *and* it is a certificate (its signed ``kind``), its body has exactly
-those fields, well typed, it names this batch and tenant and the signer's
-fingerprint, and it erased at least one ``envelope`` whose every copy has the
-size and SHA-256 the gateway receipted for the batch.
+:func:`check_certificate` accepts one only when it is at most
+:data:`MAX_CERTIFICATE_BYTES` (the same limit everywhere), the signature
+verifies with the pinned key *and* it is a certificate (its signed ``kind``),
+its body passes the shared check (:func:`custody.check_erasure_body`: fields,
+types, batch-id syntax, the signer's fingerprint, an ``envelope`` item,
+``opened`` exactly when plaintext is listed — the ward applies the same), it
+names this batch and tenant, and every whole copy of the envelope
+(``envelope``, ``retained``, ``quarantine``) has the size and SHA-256 the
+gateway receipted for the batch, every partial one (``staging``) no more
+bytes. Plaintext the gateway cannot check: it never saw the files; the ward does.
 
 :func:`publish_certificate` then stores it once as the tenant's
 ``/receipts/<batch>.erasure.json`` (create-once: an identical file already there
@@ -34,7 +34,6 @@ incident (kind ``certificate_rejected``) once per batch.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -44,8 +43,20 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from custody import KIND_ERASURE_CERTIFICATE, fingerprint, loads_record, verify_record
+from custody.erasure_certificate import (
+    CERTIFICATE_FIELDS,
+    ITEM_FIELDS,
+    ITEM_KINDS,
+    KIND_STAGING,
+    MAX_CERTIFICATE_BYTES,
+    WHOLE_ENVELOPE_KINDS,
+    BodyError,
+    ErasureBody,
+    check_erasure_body,
+)
 from custody.errors import CustodyError
 from gateway.audit import AuditLog, local_now
+from gateway.envelope_check import Text, _, english
 from gateway.errors import GatewayError
 from gateway.pipeline import DELIVERED, BatchState
 from gateway.policy import ERASURE_SUFFIX, Area, NameKind, file_name
@@ -68,31 +79,9 @@ __all__ = [
     "store_once",
 ]
 
-MAX_CERTIFICATE_BYTES = 256 * 1024
-"""Largest erasure certificate accepted, in bytes."""
-CERTIFICATE_FIELDS = (
-    "batch_id",
-    "tenant",
-    "channel",
-    "items",
-    "method",
-    "started_at",
-    "finished_at",
-    "handler",
-    "approver",
-    "opened",
-    "printsite_key",
-)
-"""The body of an erasure certificate, exactly these fields."""
-ITEM_FIELDS = ("kind", "path", "size", "sha256")
-"""Each erased item, exactly these fields."""
-ITEM_KINDS = ("envelope", "plaintext", "staging", "quarantine", "retained", "receipt-copy")
-"""What an erased item was."""
-CHANNELS = ("lgwan", "dvd")
 INCIDENT_KIND = "certificate_rejected"
 """The incident raised (once per batch) for a certificate that failed the check."""
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PUBLISH_LOCK = threading.Lock()
 """Serialises publications in this process (the file is create-once across processes)."""
 
@@ -136,98 +125,123 @@ def check_certificate(data: bytes, key: Ed25519PublicKey, batch: BatchRecord) ->
             another batch or tenant, no ``envelope`` item, or an envelope item
             whose size or SHA-256 is not the batch's.
     """
-    what = f"the erasure certificate for {batch.batch_id}"
+    what = _("the erasure certificate for {batch}").format(batch=batch.batch_id)
     if len(data) > MAX_CERTIFICATE_BYTES:
-        raise CertificateError("too_large", f"{what} is larger than {MAX_CERTIFICATE_BYTES} bytes")
+        raise CertificateError(
+            "too_large",
+            _("{what} is larger than {limit} bytes").format(what=what, limit=MAX_CERTIFICATE_BYTES),
+        )
     try:
         doc = loads_record(data, max_bytes=MAX_CERTIFICATE_BYTES)
     except CustodyError as exc:
-        raise CertificateError("malformed", f"{what} is not a signed record: {exc}") from None
+        raise CertificateError(
+            "malformed", _("{what} is not a signed record: {reason}").format(what=what, reason=exc)
+        ) from None
     if doc["kind"] != KIND_ERASURE_CERTIFICATE:
         raise CertificateError(
-            "wrong_kind", f"{what} is a {_short(doc['kind'])} record, not an erasure certificate"
+            "wrong_kind",
+            _("{what} is a {kind} record, not an erasure certificate").format(
+                what=what, kind=_short(doc["kind"])
+            ),
         )
     expected = fingerprint(key)
     if doc["signer"] != expected:
         raise CertificateError(
             "wrong_key",
-            f"{what} is signed by {_short(doc['signer'])}, not the pinned key {expected}",
-            hint="if the print site replaced its signing key, pin the new one as the "
-            "tenant's receipt_key; otherwise the certificate is forged",
+            _("{what} is signed by {signer}, not the pinned key {expected}").format(
+                what=what, signer=_short(doc["signer"]), expected=expected
+            ),
+            hint=_(
+                "if the print site replaced its signing key, pin the new one as the"
+                " tenant's receipt_key; otherwise the certificate is forged"
+            ),
         )
     try:
         body = verify_record(doc, key, kind=KIND_ERASURE_CERTIFICATE)
     except CustodyError as exc:
-        raise CertificateError("bad_signature", f"{what} does not verify: {exc}") from None
+        raise CertificateError(
+            "bad_signature", _("{what} does not verify: {reason}").format(what=what, reason=exc)
+        ) from None
     _check_body(body, expected, batch, what)
     return body
 
 
-def _check_body(body: Mapping[str, object], signer: str, batch: BatchRecord, what: str) -> None:
-    names = set(body)
-    if names != set(CERTIFICATE_FIELDS):
-        missing = sorted(set(CERTIFICATE_FIELDS) - names)
-        extra = sorted(_short(n) for n in names - set(CERTIFICATE_FIELDS))
-        raise CertificateError("bad_body", f"{what}: fields missing {missing}, unexpected {extra}")
-    if body["batch_id"] != batch.batch_id:
-        raise CertificateError("other_batch", f"{what} certifies batch {_short(body['batch_id'])}")
-    if body["tenant"] != batch.tenant:
+def _check_body(body: Mapping[str, object], signer: str, batch: BatchRecord, what: Text) -> None:
+    try:
+        parsed = check_erasure_body(body, signer=signer)
+    except BodyError as exc:
+        reason = "no_envelope" if exc.code == "no_envelope" else "bad_body"
         raise CertificateError(
-            "other_tenant", f"{what} is for tenant {_short(body['tenant'])}, not {batch.tenant}"
+            reason, _("{what}: {problem}").format(what=what, problem=body_problem(exc))
+        ) from None
+    if parsed.batch_id != batch.batch_id:
+        raise CertificateError(
+            "other_batch",
+            _("{what} certifies batch {batch}").format(what=what, batch=_short(parsed.batch_id)),
         )
-    if body["printsite_key"] != signer:
-        raise CertificateError("bad_body", f"{what}: printsite_key is not the signer's {signer}")
-    if body["channel"] not in CHANNELS:
-        raise CertificateError("bad_body", f"{what}: channel {_short(body['channel'])}")
-    for name in ("method", "handler", "approver"):
-        if not isinstance(body[name], str) or not body[name]:
-            raise CertificateError("bad_body", f"{what}: {name} must be non-empty text")
-    if not isinstance(body["opened"], bool):
-        raise CertificateError("bad_body", f"{what}: opened must be true or false")
-    started = _moment(body["started_at"], f"{what}: started_at")
-    finished = _moment(body["finished_at"], f"{what}: finished_at")
-    if finished < started:
-        raise CertificateError("bad_body", f"{what}: finished_at is before started_at")
-    items = body["items"]
-    if not isinstance(items, list) or not items:
-        raise CertificateError("bad_body", f"{what}: items must be a non-empty list")
-    for number, item in enumerate(items, start=1):
-        _check_item(item, f"{what}: item {number}")
-    envelopes = [i for i in items if isinstance(i, dict) and i["kind"] == "envelope"]
-    if not envelopes:
-        raise CertificateError("no_envelope", f"{what} lists no erased envelope")
-    for item in envelopes:
-        if item["sha256"] != batch.sha256 or item["size"] != batch.size:
+    if parsed.tenant != batch.tenant:
+        raise CertificateError(
+            "other_tenant",
+            _("{what} is for tenant {tenant}, not {expected}").format(
+                what=what, tenant=_short(parsed.tenant), expected=batch.tenant
+            ),
+        )
+    _check_copies(parsed, batch, what)
+
+
+def _check_copies(body: ErasureBody, batch: BatchRecord, what: Text) -> None:
+    """Whole copies are the received envelope; partial ones are no larger."""
+    for item in body.of_kind(*WHOLE_ENVELOPE_KINDS):
+        if item.sha256 != batch.sha256 or item.size != batch.size:
             raise CertificateError(
                 "envelope_mismatch",
-                f"{what} erased an envelope of {item['size']} bytes, SHA-256 "
-                f"{str(item['sha256'])[:16]}…, not the batch received "
-                f"({batch.size} bytes, {batch.sha256[:16]}…)",
+                _(
+                    "{what} erased an envelope of {size} bytes, SHA-256 {sha256}…,"
+                    " not the batch received ({expected_size} bytes, {expected_sha256}…)"
+                ).format(
+                    what=what,
+                    size=item.size,
+                    sha256=item.sha256[:16],
+                    expected_size=batch.size,
+                    expected_sha256=batch.sha256[:16],
+                ),
+            )
+    for item in body.of_kind(KIND_STAGING):
+        if item.size > batch.size:
+            raise CertificateError(
+                "envelope_mismatch",
+                _(
+                    "{what} erased a partial copy of {size} bytes, larger than the batch"
+                    " received ({expected_size} bytes)"
+                ).format(what=what, size=item.size, expected_size=batch.size),
             )
 
 
-def _check_item(item: object, where: str) -> None:
-    if not isinstance(item, dict) or set(item) != set(ITEM_FIELDS):
-        raise CertificateError("bad_body", f"{where} must have exactly {list(ITEM_FIELDS)}")
-    if item["kind"] not in ITEM_KINDS:
-        raise CertificateError("bad_body", f"{where}: kind {_short(item['kind'])}")
-    if not isinstance(item["path"], str) or not item["path"]:
-        raise CertificateError("bad_body", f"{where}: path must be non-empty text")
-    size = item["size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise CertificateError("bad_body", f"{where}: size must be a whole number of bytes")
-    if not isinstance(item["sha256"], str) or not _SHA256_RE.fullmatch(item["sha256"]):
-        raise CertificateError("bad_body", f"{where}: sha256 must be 64 lower-case hex digits")
-
-
-def _moment(value: object, where: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
-        raise CertificateError("bad_body", f"{where} must be ISO 8601 with a UTC offset")
-    return moment
+def body_problem(error: BodyError) -> Text:
+    """What :func:`custody.check_erasure_body` found, in the chosen language (and English)."""
+    messages = {
+        "fields": _("the body has fields {fields}, expected {expected}"),
+        "text": _("{field} is not text: {value}"),
+        "batch_id": _("batch_id {value} is not a batch id"),
+        "channel": _("channel {value} is not one of {choices}"),
+        "opened": _("opened is not true or false"),
+        "time": _("{field} is not an ISO 8601 time with a UTC offset: {value}"),
+        "time_order": _("finished_at is before started_at"),
+        "printsite_key": _("printsite_key {value} is not the signer's {signer}"),
+        "items": _("items is not a non-empty list"),
+        "item_fields": _("item {number} has fields {fields}, expected {expected}"),
+        "item_kind": _("item {number}: unknown kind {value}"),
+        "item_path": _("item {number}: path is not text"),
+        "item_size": _("item {number}: size is not a byte count: {value}"),
+        "item_sha256": _("item {number}: sha256 is not 64 hex digits: {value}"),
+        "no_envelope": _("no envelope item (the spool's sealed batch)"),
+        "plaintext_not_opened": _(
+            "item {number}: plaintext listed but the certificate says not opened"
+        ),
+        "opened_without_plaintext": _("the certificate says opened but lists no plaintext item"),
+    }
+    template = messages.get(error.code)
+    return template.format(**error.values) if template is not None else Text(str(error), str(error))
 
 
 def publish_certificate(
@@ -274,12 +288,16 @@ def publish_certificate(
     with _PUBLISH_LOCK:
         batch = store.get_batch(batch_id)
         if batch is None:
-            raise CertificateError("unknown_batch", f"this gateway has no batch {batch_id}")
+            raise CertificateError(
+                "unknown_batch", _("this gateway has no batch {batch}").format(batch=batch_id)
+            )
         body = check_certificate(data, key, batch)
         if batch.state not in DELIVERED and batch.state is not BatchState.ERASED:
             raise CertificateError(
                 "not_delivered",
-                f"batch {batch_id} is {batch.state.value}: it was never delivered to be erased",
+                _("batch {batch} is {state}: it was never delivered to be erased").format(
+                    batch=batch_id, state=batch.state.value
+                ),
             )
         name = certificate_file_name(batch_id)
         wrote = store_once(storage, batch.tenant, Area.RECEIPTS, name, data)
@@ -324,8 +342,9 @@ def store_once(storage: Storage, tenant: str, area: Area, name: str, data: bytes
     if existing != data:
         raise CertificateError(
             "conflict",
-            f"a different erasure certificate is stored as /{area.value}/{name}; "
-            "nothing was replaced",
+            _(
+                "a different erasure certificate is stored as /{area}/{name}; nothing was replaced"
+            ).format(area=area.value, name=name),
         )
     return False
 
@@ -355,15 +374,16 @@ def _erase(store: StateStore, audit: AuditLog, batch: BatchRecord, clock: Clock)
         CertificateError: the batch left the delivered states otherwise.
         StateError: the database failed, or the batch kept moving under us.
     """
-    for _ in range(3):  # FORWARDED → PULLED may happen meanwhile (a pull confirmation)
+    for _attempt in range(3):  # FORWARDED → PULLED may happen meanwhile (a pull confirmation)
         if batch.state is BatchState.ERASED:
             return False
         if batch.state not in DELIVERED:
             raise CertificateError(
-                "not_delivered", f"batch {batch.batch_id} is {batch.state.value}"
+                "not_delivered",
+                _("batch {batch} is {state}").format(batch=batch.batch_id, state=batch.state.value),
             )
         try:
-            _, event = store.transition(  # due at once: a retained inbox copy goes now
+            _moved, event = store.transition(  # due at once: a retained inbox copy goes now
                 batch.batch_id, batch.state, BatchState.ERASED, None, clock(), next_attempt_at=None
             )
         except TransitionConflictError:
@@ -381,7 +401,7 @@ def _erase(store: StateStore, audit: AuditLog, batch: BatchRecord, clock: Clock)
             **{"from": batch.state.value, "to": BatchState.ERASED.value},
         )
         return True
-    raise StateError(f"batch {batch.batch_id} kept changing state; try again")
+    raise StateError(_("batch {batch} kept changing state; try again").format(batch=batch.batch_id))
 
 
 def reject_certificate(
@@ -411,7 +431,7 @@ def reject_certificate(
     Returns:
         True when the incident was raised now (first time for the batch).
     """
-    detail = str(error)
+    detail = english(error)  # records stay English whatever the language
     audit.emit(
         "erasure_certificate_rejected",
         batch=batch.batch_id,

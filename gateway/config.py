@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from custody import keys
 from custody.errors import KeyFormatError
 from gateway.errors import ConfigError
+from gateway.i18n import _
 from gateway.routes import TENANT_RE, TenantSection, parse_route
 
 ENV_VAR = "LGWAN_GATEWAY_CONFIG"
@@ -188,13 +189,15 @@ def load(explicit: str | None) -> GatewayConfig:
     path = Path(named) if named else DEFAULT_PATH
     if not path.exists():
         if named:
-            raise ConfigError(str(path), None, "configuration file not found")
+            raise ConfigError(str(path), None, _("configuration file not found"))
         return _checked(GatewayConfig())
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), None, f"cannot read TOML: {exc}") from None
+        raise ConfigError(
+            str(path), None, _("cannot read TOML: {reason}").format(reason=exc)
+        ) from None
     built: dict[str, Any] = {}
     for name, table in raw.items():
         if name == "tenants":
@@ -202,9 +205,9 @@ def load(explicit: str | None) -> GatewayConfig:
             continue
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(str(path), name, "unknown section")
+            raise ConfigError(str(path), name, _("unknown section"))
         if not isinstance(table, dict):
-            raise ConfigError(str(path), name, "must be a table")
+            raise ConfigError(str(path), name, _("must be a table"))
         built[name] = _typed(cls, table, str(path), name)
     return _checked(GatewayConfig(**built, base_dir=deployment_root(path), source=path))
 
@@ -212,14 +215,14 @@ def load(explicit: str | None) -> GatewayConfig:
 def _tenants(raw: object, file: str) -> dict[str, TenantSection]:
     """Build the ``[tenants.<name>]`` tables, checking names and forward routes."""
     if not isinstance(raw, dict):
-        raise ConfigError(file, "tenants", "must be a table of [tenants.<name>] tables")
+        raise ConfigError(file, "tenants", _("must be a table of [tenants.<name>] tables"))
     tenants: dict[str, TenantSection] = {}
     for name, table in raw.items():
         key = f"tenants.{name}"
         if not TENANT_RE.fullmatch(name):
-            raise ConfigError(file, key, "tenant names are 2-32 of a-z, 0-9 and '-'")
+            raise ConfigError(file, key, _("tenant names are 2-32 of a-z, 0-9 and '-'"))
         if not isinstance(table, dict):
-            raise ConfigError(file, key, "must be a table")
+            raise ConfigError(file, key, _("must be a table"))
         section = _typed(TenantSection, table, file, key)
         try:
             parse_route(section.forward)
@@ -227,7 +230,7 @@ def _tenants(raw: object, file: str) -> dict[str, TenantSection]:
             raise ConfigError(file, f"{key}.forward", str(exc)) from None
         for count in ("max_attempts", "max_age_minutes"):
             if getattr(section, count) < 1:
-                raise ConfigError(file, f"{key}.{count}", "must be at least 1")
+                raise ConfigError(file, f"{key}.{count}", _("must be at least 1"))
         tenants[name] = section
     return tenants
 
@@ -244,18 +247,22 @@ def _typed(cls: type[Any], table: dict[str, Any], file: str, prefix: str) -> Any
     names = {f.name for f in fields(cls)}
     for key, value in table.items():
         if key not in names:
-            raise ConfigError(file, f"{prefix}.{key}", "unknown key")
+            raise ConfigError(file, f"{prefix}.{key}", _("unknown key"))
         want = type(getattr(defaults, key))
         if type(value) is not want:
             raise ConfigError(
-                file, f"{prefix}.{key}", f"must be {want.__name__}, not {type(value).__name__}"
+                file,
+                f"{prefix}.{key}",
+                _("must be {wanted}, not {given}").format(
+                    wanted=want.__name__, given=type(value).__name__
+                ),
             )
     return cls(**table)
 
 
 def _checked(config: GatewayConfig) -> GatewayConfig:
     """Validate values that types alone do not constrain."""
-    file = str(config.source) if config.source else "(defaults)"
+    file = str(config.source) if config.source else _("(defaults)")
     low, high = WORK_FACTOR_LIMITS
     env = config.envelope
     for key, value in (
@@ -263,9 +270,13 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
         ("max_work_factor", env.max_work_factor),
     ):
         if not low <= value <= high:
-            raise ConfigError(file, f"envelope.{key}", f"must be between {low} and {high}")
+            raise ConfigError(
+                file,
+                f"envelope.{key}",
+                _("must be between {low} and {high}").format(low=low, high=high),
+            )
     if env.min_work_factor > env.max_work_factor:
-        raise ConfigError(file, "envelope.min_work_factor", "is above envelope.max_work_factor")
+        raise ConfigError(file, "envelope.min_work_factor", _("is above envelope.max_work_factor"))
     _check_positive(file, config)
     for key_name, key_path in (
         ("server.host_key", config.server.host_key),
@@ -277,7 +288,7 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
         "テスト".encode(config.printsite.csv_encoding)
     except (LookupError, UnicodeEncodeError):
         raise ConfigError(
-            file, "printsite.csv_encoding", "unknown encoding or one without Japanese"
+            file, "printsite.csv_encoding", _("unknown encoding or one without Japanese")
         ) from None
     return config
 
@@ -308,14 +319,14 @@ def _check_positive(file: str, config: GatewayConfig) -> None:
     for section, names in _POSITIVE.items():
         for key in names:
             if getattr(getattr(config, section), key) < 1:
-                raise ConfigError(file, f"{section}.{key}", "must be at least 1")
+                raise ConfigError(file, f"{section}.{key}", _("must be at least 1"))
     for section, key in (
         ("auth", "failure_delay_ms"),
         ("storage", "reserve_free_bytes"),
         ("forwarder", "retention_seconds"),
     ):
         if getattr(getattr(config, section), key) < 0:
-            raise ConfigError(file, f"{section}.{key}", "must not be negative")
+            raise ConfigError(file, f"{section}.{key}", _("must not be negative"))
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -331,7 +342,7 @@ def parse_listen(value: str) -> tuple[str, int]:
         or not (port.isascii() and port.isdigit())
         or not 0 <= int(port) <= 65535
     ):
-        raise ValueError(f"{value!r} is not HOST:PORT")
+        raise ValueError(_("{value} is not HOST:PORT").format(value=repr(value)))
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
@@ -357,13 +368,19 @@ def check_private_key_mode(key: Path, file: str, name: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ConfigError(file, name, f"cannot stat {key}: {exc.strerror}") from None
+        raise ConfigError(
+            file, name, _("cannot stat {path}: {reason}").format(path=key, reason=exc.strerror)
+        ) from None
     if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(file, name, f"{key} is not a regular file")
+        raise ConfigError(file, name, _("{path} is not a regular file").format(path=key))
     if info.st_mode & 0o077:
         mode = stat.S_IMODE(info.st_mode)
         raise ConfigError(
-            file, name, f"{key} is readable by others (mode {mode:04o}); run: chmod 600 {key}"
+            file,
+            name,
+            _("{path} is readable by others (mode {mode}); run: chmod 600 {path}").format(
+                path=key, mode=f"{mode:04o}"
+            ),
         )
 
 
@@ -378,15 +395,17 @@ def load_private_key(config: GatewayConfig, name: str, value: str) -> Ed25519Pri
     Raises:
         ConfigError: missing, unreadable, readable by others, or not an unencrypted Ed25519 key.
     """
-    file = str(config.source) if config.source else "(defaults)"
+    file = str(config.source) if config.source else _("(defaults)")
     path = config.path(value)
     check_private_key_mode(path, file, name)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(file, name, f"{path} does not exist") from None
+        raise ConfigError(file, name, _("{path} does not exist").format(path=path)) from None
     except OSError as exc:
-        raise ConfigError(file, name, f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            file, name, _("cannot read {path}: {reason}").format(path=path, reason=exc.strerror)
+        ) from None
     try:
         return keys.load_private_key(data)
     except KeyFormatError as exc:

@@ -33,6 +33,7 @@ from reportlab.pdfgen.canvas import Canvas
 from custody import keys
 from custody.errors import KeyFormatError
 from gateway.config import GatewayConfig
+from gateway.i18n import _
 from gateway.pdf import (
     GOTHIC,
     LATIN,
@@ -163,14 +164,17 @@ def render_credential_notice(out: Path, notice: CredentialNotice) -> None:
 
 
 def _check(notice: CredentialNotice) -> None:
-    for label, value in (("user", notice.user), ("gateway address", notice.gateway_address)):
+    for problem, value in (
+        (_("the user must be non-empty printable ASCII"), notice.user),
+        (_("the gateway address must be non-empty printable ASCII"), notice.gateway_address),
+    ):
         if not value or not value.isascii() or not value.isprintable():
-            raise ValueError(f"{label} must be non-empty printable ASCII")
+            raise ValueError(problem)
     password = notice.password
     if not password or not password.isprintable() or password != password.strip():
-        raise ValueError("the password must be printable, without surrounding spaces")
+        raise ValueError(_("the password must be printable, without surrounding spaces"))
     if not password.isascii():
-        raise ValueError("the password must be ASCII to be printed in monospace")
+        raise ValueError(_("the password must be ASCII to be printed in monospace"))
 
 
 def _draw_header(canvas: Canvas, *, reset: bool) -> float:

@@ -17,7 +17,8 @@ exactly once at the destination.
 - ``sftp://…`` — ``gateway.relay.SftpDestination`` (paramiko lives there).
 
 :func:`make_destination` builds the one for a route, :func:`build_routes` every
-tenant's. A destination that can also bring back the print site's erasure
+tenant's. The sftp:// destination is :class:`Interruptible` (the forwarder's
+stop cuts its connection). A destination that can also bring back the print site's erasure
 certificates is a :class:`CertificateSource` (file:// reads them from the
 spool, sftp:// from the print site's ``/receipts``); the route's pinned
 ``receipt_key`` (:attr:`TenantRoute.certificate_key`) verifies them.
@@ -123,6 +124,24 @@ class CertificateSource(Protocol):
             DeliveryError: the print site cannot be read now (``retryable`` says
                 whether trying again later may help).
         """
+        ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A destination whose network work another thread can cut short.
+
+    :meth:`gateway.forwarder.Forwarder.stop` interrupts every such destination, so a
+    peer that accepted the connection but never answers cannot hold the stop for
+    the whole connect timeout; :meth:`~gateway.forwarder.Forwarder.start` resumes them.
+    """
+
+    def interrupt(self) -> None:
+        """Cut the work under way (it fails retryably) and refuse new work until resumed."""
+        ...
+
+    def resume(self) -> None:
+        """Take work again."""
         ...
 
 

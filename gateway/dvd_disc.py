@@ -30,6 +30,7 @@ from custody.canonical import parse_json_strict
 from custody.errors import RecordError
 from envelope import ManifestError
 from envelope.manifest import check_batch_id, check_file_name, check_notice_type
+from gateway.envelope_check import _
 from gateway.errors import GatewayError
 
 DISC_FORMAT = "lgwan-dvd/v1"
@@ -116,44 +117,58 @@ def parse_disc_manifest(data: bytes, origin: str) -> DiscManifest:
         doc = parse_json_strict(data, max_bytes=MAX_DISC_JSON_BYTES)
         return _disc_manifest(doc)
     except (RecordError, ManifestError, ValueError) as exc:
-        raise DiscError(f"{origin}: {DISC_MANIFEST_NAME} is invalid: {exc}") from None
+        raise DiscError(
+            _("{origin}: {name} is invalid: {reason}").format(
+                origin=origin, name=DISC_MANIFEST_NAME, reason=exc
+            )
+        ) from None
 
 
 def _disc_manifest(doc: object) -> DiscManifest:
     if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
+        raise ValueError(_("not a JSON object"))
     allowed = DISC_KEYS | (SEVEN_ZIP_KEYS if doc.get("kind") == KIND_7Z else frozenset())
     keys = set(doc)
     if not DISC_KEYS <= keys <= allowed:
         missing, extra = sorted(DISC_KEYS - keys), sorted(keys - allowed)[:5]
-        raise ValueError(f"wrong keys (missing {missing}, unknown {extra})")
+        raise ValueError(
+            _("wrong keys (missing {missing}, unknown {extra})").format(
+                missing=missing, extra=extra
+            )
+        )
     if doc["format"] != DISC_FORMAT:
-        raise ValueError(f"unsupported format (expected {DISC_FORMAT})")
+        raise ValueError(_("unsupported format (expected {format})").format(format=DISC_FORMAT))
     batch_id = check_batch_id(doc["batch_id"])
     notice_type = check_notice_type(doc["notice_type"])
     if batch_id.split("-")[1] != notice_type:
-        raise ValueError("the batch id and the notice type disagree")
+        raise ValueError(_("the batch id and the notice type disagree"))
     serial = doc["serial"]
     if not isinstance(serial, str) or not SERIAL_RE.fullmatch(serial):
-        raise ValueError("serial is not PREFIX-YYYYMMDD-NNN")
+        raise ValueError(_("serial is not PREFIX-YYYYMMDD-NNN"))
     part, parts = doc["part"], doc["parts"]
     if not (_is_int(parts) and 1 <= parts <= MAX_PARTS and _is_int(part) and 1 <= part <= parts):
-        raise ValueError(f"part and parts must satisfy 1 <= part <= parts <= {MAX_PARTS}")
+        raise ValueError(
+            _("part and parts must satisfy 1 <= part <= parts <= {max}").format(max=MAX_PARTS)
+        )
     size, digest = doc["envelope_size"], doc["envelope_sha256"]
     if not _is_int(size) or size < 1:
-        raise ValueError("envelope_size must be a positive integer")
+        raise ValueError(_("envelope_size must be a positive integer"))
     if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
-        raise ValueError("envelope_sha256 must be 64 lower-case hex digits")
+        raise ValueError(_("envelope_sha256 must be 64 lower-case hex digits"))
     kind = doc["kind"]
     if kind not in (KIND_AGE, KIND_7Z):
-        raise ValueError(f"kind must be {KIND_AGE!r} or {KIND_7Z!r}")
+        raise ValueError(
+            _("kind must be {age} or {seven_zip}").format(
+                age=repr(KIND_AGE), seven_zip=repr(KIND_7Z)
+            )
+        )
     created_by = doc["created_by"]
     if (
         not isinstance(created_by, str)
         or len(created_by) > 200
         or any(unicodedata.category(c)[0] == "C" for c in created_by)
     ):
-        raise ValueError("created_by must be printable text of at most 200 characters")
+        raise ValueError(_("created_by must be printable text of at most 200 characters"))
     return DiscManifest(
         batch_id=batch_id,
         notice_type=notice_type,
@@ -171,28 +186,28 @@ def _disc_manifest(doc: object) -> DiscManifest:
 
 def _disc_files(items: object) -> tuple[DiscFile, ...]:
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_FILES:
-        raise ValueError(f"files must list 1 to {MAX_FILES} entries")
+        raise ValueError(_("files must list 1 to {max} entries").format(max=MAX_FILES))
     files: list[DiscFile] = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"name", "size", "sha256"}:
-            raise ValueError("each files entry must have exactly name, size, sha256")
+            raise ValueError(_("each files entry must have exactly name, size, sha256"))
         name, size, digest = check_file_name(item["name"]), item["size"], item["sha256"]
         if not _is_int(size) or size < 0:
-            raise ValueError("a file size is not a non-negative integer")
+            raise ValueError(_("a file size is not a non-negative integer"))
         if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
-            raise ValueError("a file sha256 is not 64 lower-case hex digits")
+            raise ValueError(_("a file sha256 is not 64 lower-case hex digits"))
         files.append(DiscFile(name, size, digest))
     if len({f.name.casefold() for f in files}) != len(files):
-        raise ValueError("two files share a name")
+        raise ValueError(_("two files share a name"))
     return tuple(files)
 
 
 def _aware_time(value: object) -> datetime:
     if not isinstance(value, str):
-        raise ValueError("created_at must be text")
+        raise ValueError(_("created_at must be text"))
     parsed = datetime.fromisoformat(value)
     if parsed.utcoffset() is None:
-        raise ValueError("created_at has no UTC offset")
+        raise ValueError(_("created_at has no UTC offset"))
     return parsed
 
 
@@ -213,23 +228,29 @@ def parse_sums(data: bytes, origin: str) -> dict[str, str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise DiscError(f"{where} is not UTF-8 text") from None
+        raise DiscError(_("{where} is not UTF-8 text").format(where=where)) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not 1 <= len(lines) <= MAX_FILES:
-        raise DiscError(f"{where} must list 1 to {MAX_FILES} files")
+        raise DiscError(_("{where} must list 1 to {max} files").format(where=where, max=MAX_FILES))
     sums: dict[str, str] = {}
     for number, raw in enumerate(lines, 1):
         match = _SUMS_LINE_RE.fullmatch(raw.removesuffix("\r"))
         if match is None:
-            raise DiscError(f"{where} line {number} is not '<sha256>  <name>'")
+            raise DiscError(
+                _("{where} line {number} is not '<sha256>  <name>'").format(
+                    where=where, number=number
+                )
+            )
         try:
             name = check_file_name(match.group(2))
         except ManifestError as exc:
-            raise DiscError(f"{where} line {number}: {exc}") from None
+            raise DiscError(
+                _("{where} line {number}: {reason}").format(where=where, number=number, reason=exc)
+            ) from None
         if name in sums:
-            raise DiscError(f"{where} lists {name} twice")
+            raise DiscError(_("{where} lists {name} twice").format(where=where, name=name))
         sums[name] = match.group(1).lower()
     return sums
 
@@ -271,7 +292,11 @@ def _safe_name(name: str, origin: str) -> str:
     try:
         return check_file_name(name)
     except ManifestError as exc:
-        raise DiscError(f"{origin}: a file on the disc has an unsafe name: {exc}") from None
+        raise DiscError(
+            _("{origin}: a file on the disc has an unsafe name: {reason}").format(
+                origin=origin, reason=exc
+            )
+        ) from None
 
 
 class _IsoMedium:
@@ -286,7 +311,11 @@ class _IsoMedium:
         except OSError:
             raise
         except Exception as exc:  # pycdlib raises many kinds on a hostile image
-            raise DiscError(f"{path.name}: not a readable ISO 9660 image ({exc})") from None
+            raise DiscError(
+                _("{image}: not a readable ISO 9660 image ({reason})").format(
+                    image=path.name, reason=exc
+                )
+            ) from None
         try:
             if self._iso.has_udf():
                 self._key = "udf_path"
@@ -294,8 +323,10 @@ class _IsoMedium:
                 self._key = "joliet_path"
             else:
                 raise DiscError(
-                    f"{path.name}: the image has neither UDF nor Joliet file names: "
-                    "not a disc written by lgwan-client dvd"
+                    _(
+                        "{image}: the image has neither UDF nor Joliet file names:"
+                        " not a disc written by lgwan-client dvd"
+                    ).format(image=path.name)
                 )
             volume = bytes(self._iso.pvd.volume_identifier)
         except BaseException:
@@ -309,7 +340,11 @@ class _IsoMedium:
         try:
             children = list(self._iso.list_children(**{self._key: "/"}))
         except PyCdlibException as exc:
-            raise DiscError(f"{self.origin}: cannot list the image's root ({exc})") from None
+            raise DiscError(
+                _("{origin}: cannot list the image's root ({reason})").format(
+                    origin=self.origin, reason=exc
+                )
+            ) from None
         for child in children:
             if child is None or child.is_dot() or child.is_dotdot():
                 continue
@@ -318,10 +353,16 @@ class _IsoMedium:
             try:
                 name = raw.decode(encoding)
             except UnicodeDecodeError:
-                raise DiscError(f"{self.origin}: a file name on the disc is not text") from None
+                raise DiscError(
+                    _("{origin}: a file name on the disc is not text").format(origin=self.origin)
+                ) from None
             name = _safe_name(name, self.origin)
             if child.is_dir() or not _iso_is_file(child):
-                raise DiscError(f"{self.origin}: unexpected directory or link {name!r} on the disc")
+                raise DiscError(
+                    _("{origin}: unexpected directory or link {name} on the disc").format(
+                        origin=self.origin, name=repr(name)
+                    )
+                )
             found[name] = int(child.get_data_length())
         return found
 
@@ -330,7 +371,11 @@ class _IsoMedium:
         try:
             handle = self._iso.open_file_from_iso(**{self._key: "/" + name})
         except PyCdlibException as exc:
-            raise DiscError(f"{self.origin}: cannot read {name} ({exc})") from None
+            raise DiscError(
+                _("{origin}: cannot read {name} ({reason})").format(
+                    origin=self.origin, name=name, reason=exc
+                )
+            ) from None
         with handle:
             yield _IsoReader(handle, f"{self.origin}: {name}")
 
@@ -351,7 +396,9 @@ class _IsoReader:
         except OSError:
             raise
         except Exception as exc:  # pycdlib raises many kinds on a damaged image
-            raise DiscError(f"{self._where}: cannot be read ({exc})") from None
+            raise DiscError(
+                _("{where}: cannot be read ({reason})").format(where=self._where, reason=exc)
+            ) from None
 
 
 def _iso_is_file(child: object) -> bool:
@@ -377,7 +424,11 @@ class _DirMedium:
             for entry in listing:
                 name = _safe_name(entry.name, self.origin)
                 if not entry.is_file(follow_symlinks=False):
-                    raise DiscError(f"{self.origin}: unexpected directory or link {name!r}")
+                    raise DiscError(
+                        _("{origin}: unexpected directory or link {name}").format(
+                            origin=self.origin, name=repr(name)
+                        )
+                    )
                 found[name] = entry.stat(follow_symlinks=False).st_size
         return found
 
@@ -409,20 +460,22 @@ def open_media(sources: Sequence[Path], stack: ExitStack) -> list[Medium]:
             )
             if not images:
                 raise DiscError(
-                    f"{source}: holds neither {DISC_MANIFEST_NAME} nor .iso images: "
-                    "not a disc written by lgwan-client dvd"
+                    _(
+                        "{source}: holds neither {name} nor .iso images:"
+                        " not a disc written by lgwan-client dvd"
+                    ).format(source=source, name=DISC_MANIFEST_NAME)
                 )
             paths.extend(images)
         elif source.exists():
             paths.append(source)
         else:
-            raise DiscError(f"{source}: no such file or directory")
+            raise DiscError(_("{source}: no such file or directory").format(source=source))
     seen: set[Path] = set()
     media: list[Medium] = []
     for path in paths:
         resolved = path.resolve()
         if resolved in seen:
-            raise DiscError(f"{path} is given twice")
+            raise DiscError(_("{path} is given twice").format(path=path))
         seen.add(resolved)
         medium: Medium = _DirMedium(path) if path.is_dir() else _IsoMedium(path)
         stack.callback(medium.close)

@@ -55,17 +55,12 @@ from gateway.dvd_disc import (
     parse_disc_manifest,
     parse_sums,
 )
-from gateway.envelope_check import check_envelope
+from gateway.envelope_check import _, check_envelope
 from gateway.spool import Arrival, Spool, SpoolConflictError
 
 CHANNEL = "dvd"
 _PIECE_RE = re.compile(r"^\.([0-9]{3})$")
 _BLOCK = 1 << 20
-SEVEN_ZIP_HINT = (
-    "this disc holds a 7-Zip archive for contractors without lgwan tools, not an age "
-    "envelope: open it with 7-Zip and the passphrase from the paper notice, or ask the "
-    "ward for an 'age' disc to import it"
-)
 
 Progress = Callable[[int], None]
 ProgressFactory = Callable[[str, int], AbstractContextManager[Progress]]
@@ -113,7 +108,11 @@ def _read_small(medium: Medium, name: str, limit: int) -> bytes:
     with medium.open(name) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise DiscError(f"{medium.origin}: {name} is larger than {limit} bytes")
+        raise DiscError(
+            _("{origin}: {name} is larger than {limit} bytes").format(
+                origin=medium.origin, name=name, limit=limit
+            )
+        )
     return data
 
 
@@ -121,8 +120,10 @@ def _read_disc(medium: Medium, notes: ImportNotes) -> _Disc:
     entries = medium.entries()
     if DISC_MANIFEST_NAME not in entries:
         raise DiscError(
-            f"{medium.origin}: no {DISC_MANIFEST_NAME}: not a disc written by lgwan-client dvd",
-            hint="a foreign or damaged disc; ask the ward for a new one",
+            _("{origin}: no {name}: not a disc written by lgwan-client dvd").format(
+                origin=medium.origin, name=DISC_MANIFEST_NAME
+            ),
+            hint=_("a foreign or damaged disc; ask the ward for a new one"),
         )
     manifest = parse_disc_manifest(
         _read_small(medium, DISC_MANIFEST_NAME, MAX_DISC_JSON_BYTES), medium.origin
@@ -132,12 +133,19 @@ def _read_disc(medium: Medium, notes: ImportNotes) -> _Disc:
         notes.serials.append(manifest.serial)
     if manifest.kind == KIND_7Z:
         raise DiscError(
-            f"{medium.origin}: disc {manifest.serial} is a 7z disc;"
-            " dvd-import takes age discs only",
-            hint=SEVEN_ZIP_HINT,
+            _("{origin}: disc {serial} is a 7z disc; dvd-import takes age discs only").format(
+                origin=medium.origin, serial=manifest.serial
+            ),
+            hint=_(
+                "this disc holds a 7-Zip archive for contractors without lgwan tools, not an age"
+                " envelope: open it with 7-Zip and the passphrase from the paper notice, or ask"
+                " the ward for an 'age' disc to import it"
+            ),
         )
     if SUMS_NAME not in entries:
-        raise DiscError(f"{medium.origin}: no {SUMS_NAME} on the disc")
+        raise DiscError(
+            _("{origin}: no {name} on the disc").format(origin=medium.origin, name=SUMS_NAME)
+        )
     sums = parse_sums(_read_small(medium, SUMS_NAME, MAX_SUMS_BYTES), medium.origin)
     return _Disc(medium, manifest, sums, entries)
 
@@ -149,25 +157,35 @@ def _check_set(discs: list[_Disc]) -> None:
     for disc in discs:
         m, origin = disc.manifest, disc.medium.origin
         if m.batch_id != first.batch_id:
-            raise DiscError(f"{origin} holds batch {m.batch_id}, not {first.batch_id}")
+            raise DiscError(
+                _("{origin} holds batch {batch}, not {expected}").format(
+                    origin=origin, batch=m.batch_id, expected=first.batch_id
+                )
+            )
         if (m.parts, m.envelope_size, m.envelope_sha256) != (
             first.parts,
             first.envelope_size,
             first.envelope_sha256,
         ):
-            raise DiscError(f"{origin} belongs to another disc set of batch {m.batch_id}")
+            raise DiscError(
+                _("{origin} belongs to another disc set of batch {batch}").format(
+                    origin=origin, batch=m.batch_id
+                )
+            )
         if m.part in by_part:
             raise DiscError(
-                f"part {m.part} of {m.parts} is given twice"
-                f" ({by_part[m.part].medium.origin} and {origin})"
+                _("part {part} of {parts} is given twice ({first} and {second})").format(
+                    part=m.part, parts=m.parts, first=by_part[m.part].medium.origin, second=origin
+                )
             )
         by_part[m.part] = disc
     missing = [str(n) for n in range(1, first.parts + 1) if n not in by_part]
     if missing:
         raise DiscError(
-            f"batch {first.batch_id} is split over {first.parts} discs;"
-            f" part(s) {', '.join(missing)} missing",
-            hint="give every part: dvd-import A-1ofN.iso … A-NofN.iso (or a directory of them)",
+            _("batch {batch} is split over {parts} discs; part(s) {missing} missing").format(
+                batch=first.batch_id, parts=first.parts, missing=", ".join(missing)
+            ),
+            hint=_("give every part: dvd-import A-1ofN.iso … A-NofN.iso (or a directory of them)"),
         )
     discs.sort(key=lambda d: d.manifest.part)
 
@@ -178,29 +196,48 @@ def _check_listing(disc: _Disc) -> list[_Piece]:
     whole = m.batch_id + ".age"
     for name in sorted(entries):
         if name != SUMS_NAME and name not in sums:
-            raise DiscError(f"{origin}: {name} is on the disc but not listed in {SUMS_NAME}")
+            raise DiscError(
+                _("{origin}: {name} is on the disc but not listed in {sums}").format(
+                    origin=origin, name=name, sums=SUMS_NAME
+                )
+            )
     for name in sorted(sums):
         if name not in entries and not (name == whole and m.parts > 1):
-            raise DiscError(f"{origin}: {SUMS_NAME} lists {name}, which is not on the disc")
+            raise DiscError(
+                _("{origin}: {sums} lists {name}, which is not on the disc").format(
+                    origin=origin, sums=SUMS_NAME, name=name
+                )
+            )
     if sums.get(whole) != m.envelope_sha256:
         raise DiscError(
-            f"{origin}: {SUMS_NAME} and {DISC_MANIFEST_NAME} disagree on the envelope's SHA-256"
+            _("{origin}: {sums} and {disc} disagree on the envelope's SHA-256").format(
+                origin=origin, sums=SUMS_NAME, disc=DISC_MANIFEST_NAME
+            )
         )
     listed = {f.name: f for f in m.files}
     for entry in m.files:
         if entry.name not in entries:
-            raise DiscError(f"{origin}: {DISC_MANIFEST_NAME} lists {entry.name}, not on the disc")
+            raise DiscError(
+                _("{origin}: {disc} lists {name}, not on the disc").format(
+                    origin=origin, disc=DISC_MANIFEST_NAME, name=entry.name
+                )
+            )
         if entries[entry.name] != entry.size or sums[entry.name] != entry.sha256:
             raise DiscError(
-                f"{origin}: {entry.name} differs between the disc, {SUMS_NAME}"
-                f" and {DISC_MANIFEST_NAME}"
+                _("{origin}: {name} differs between the disc, {sums} and {disc}").format(
+                    origin=origin, name=entry.name, sums=SUMS_NAME, disc=DISC_MANIFEST_NAME
+                )
             )
     pieces: list[_Piece] = []
     for name in sorted(entries):
         if not name.startswith(whole):
             continue
         if name not in listed:
-            raise DiscError(f"{origin}: {name} is not listed in {DISC_MANIFEST_NAME}")
+            raise DiscError(
+                _("{origin}: {name} is not listed in {disc}").format(
+                    origin=origin, name=name, disc=DISC_MANIFEST_NAME
+                )
+            )
         pieces.append(_Piece(disc, name, entries[name], sums[name]))
     return pieces
 
@@ -217,7 +254,9 @@ def _verify_small_files(disc: _Disc, pieces: list[_Piece]) -> None:
                 digest.update(data)
         if digest.hexdigest() != disc.sums[name]:
             raise DiscError(
-                f"{disc.medium.origin}: {name} does not match {SUMS_NAME} (a damaged disc)"
+                _("{origin}: {name} does not match {sums} (a damaged disc)").format(
+                    origin=disc.medium.origin, name=name, sums=SUMS_NAME
+                )
             )
 
 
@@ -225,7 +264,9 @@ def _order_pieces(pieces: list[_Piece], first: DiscManifest) -> list[_Piece]:
     """The envelope's pieces in order: one whole ``.age``, or ``.001`` … ``.NNN`` complete."""
     whole = first.batch_id + ".age"
     if not pieces:
-        raise DiscError(f"no envelope file ({whole} or {whole}.001 …) on the disc(s)")
+        raise DiscError(
+            _("no envelope file ({whole} or {whole}.001 …) on the disc(s)").format(whole=whole)
+        )
     if len(pieces) == 1 and pieces[0].name == whole and first.parts == 1:
         ordered = pieces
     else:
@@ -234,15 +275,26 @@ def _order_pieces(pieces: list[_Piece], first: DiscManifest) -> list[_Piece]:
             match = _PIECE_RE.fullmatch(piece.name[len(whole) :])
             if match is None:
                 origin = piece.disc.medium.origin
-                raise DiscError(f"{origin}: unexpected envelope file {piece.name}")
+                raise DiscError(
+                    _("{origin}: unexpected envelope file {name}").format(
+                        origin=origin, name=piece.name
+                    )
+                )
             numbered[int(match.group(1))] = piece
         if sorted(numbered) != list(range(1, len(numbered) + 1)):
-            raise DiscError(f"the envelope pieces of {first.batch_id} are not .001 … .NNN in full")
+            raise DiscError(
+                _("the envelope pieces of {batch} are not .001 … .NNN in full").format(
+                    batch=first.batch_id
+                )
+            )
         ordered = [numbered[n] for n in sorted(numbered)]
     if sum(p.size for p in ordered) != first.envelope_size:
         raise DiscError(
-            f"the envelope pieces add up to {sum(p.size for p in ordered)} bytes,"
-            f" {DISC_MANIFEST_NAME} says {first.envelope_size}"
+            _("the envelope pieces add up to {size} bytes, {disc} says {expected}").format(
+                size=sum(p.size for p in ordered),
+                disc=DISC_MANIFEST_NAME,
+                expected=first.envelope_size,
+            )
         )
     return ordered
 
@@ -276,15 +328,20 @@ class _PieceReader(io.RawIOBase):
                 self._count += len(data)
                 if self._count > piece.size:
                     origin = piece.disc.medium.origin
-                    raise DiscError(f"{origin}: {piece.name} is longer than listed")
+                    raise DiscError(
+                        _("{origin}: {name} is longer than listed").format(
+                            origin=origin, name=piece.name
+                        )
+                    )
                 self._digest.update(data)
                 buffer[: len(data)] = data
                 self._progress(len(data))
                 return len(data)
             if self._count != piece.size or self._digest.hexdigest() != piece.sha256:
                 raise DiscError(
-                    f"{piece.disc.medium.origin}: {piece.name} does not match {SUMS_NAME}"
-                    " (a damaged disc)"
+                    _("{origin}: {name} does not match {sums} (a damaged disc)").format(
+                        origin=piece.disc.medium.origin, name=piece.name, sums=SUMS_NAME
+                    )
                 )
             self._stack.close()
             self._current = None
@@ -362,12 +419,14 @@ def import_discs(
             )
             if not result.ok:
                 raise DiscError(
-                    f"the envelope on the disc fails the envelope check: {result.message}",
-                    hint="the disc does not hold a sealed batch; ask the ward for a new disc",
+                    _("the envelope on the disc fails the envelope check: {verdict}").format(
+                        verdict=result.shown
+                    ),
+                    hint=_("the disc does not hold a sealed batch; ask the ward for a new disc"),
                 )
 
         bar = progress or _no_progress
-        with bar("importing", first.envelope_size) as advance:
+        with bar(_("importing"), first.envelope_size) as advance:
             reader = io.BufferedReader(_PieceReader(ordered, advance), _BLOCK)
             with reader:
                 arrival = spool.deliver(
@@ -387,15 +446,22 @@ def _refuse_conflict(present: Arrival, first: DiscManifest, tenant: str) -> None
     """A batch under this id is in the spool: fine if it is this one, else refuse."""
     if present.sha256 != first.envelope_sha256:
         raise SpoolConflictError(
-            f"{first.batch_id} is already in the spool with a different SHA-256"
-            f" ({present.sha256[:16]}…, this disc {first.envelope_sha256[:16]}…);"
-            " nothing was overwritten",
-            hint="ask the ward which is the sealed batch",
+            _(
+                "{batch} is already in the spool with a different SHA-256"
+                " ({present}…, this disc {disc}…); nothing was overwritten"
+            ).format(
+                batch=first.batch_id,
+                present=present.sha256[:16],
+                disc=first.envelope_sha256[:16],
+            ),
+            hint=_("ask the ward which is the sealed batch"),
         )
     if present.tenant != tenant:
         raise SpoolConflictError(
-            f"{first.batch_id} is already in the spool for tenant {present.tenant}, not {tenant}",
-            hint="ask the ward which tenant the batch belongs to",
+            _("{batch} is already in the spool for tenant {present}, not {tenant}").format(
+                batch=first.batch_id, present=present.tenant, tenant=tenant
+            ),
+            hint=_("ask the ward which tenant the batch belongs to"),
         )
 
 

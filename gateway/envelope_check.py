@@ -19,7 +19,15 @@ The forwarding pipeline (before a batch leaves the gateway) and ``dvd-import``
 :class:`CheckResult` whose ``reason`` (a :class:`QuarantineReason`) says what is
 wrong. It reads the file once, in blocks, in constant memory, and always to its
 end so the result carries the file's size and SHA-256 for the incident record.
+
+Its verdict is recorded in English (:attr:`CheckResult.message`, for the
+quarantine record) and shown to a person in the chosen language
+(:attr:`CheckResult.shown`). :class:`Text` and :func:`english` serve every
+print-site module whose messages are both shown and recorded: a message made
+with this module's :func:`_` is in the chosen language and keeps its English.
 """
+
+from __future__ import annotations
 
 import codecs
 import enum
@@ -33,12 +41,58 @@ from envelope.armor import DETECT_WINDOW, looks_armored
 from envelope.format import INTRO_PREFIX
 from envelope.recipient import MAX_WORK_FACTOR
 from envelope.stream import ENCRYPTED_CHUNK_SIZE, NONCE_SIZE, TAG_SIZE
+from gateway import i18n
 
 _BLOCK = 1 << 20
 _SNIFF = max(DETECT_WINDOW, 64)
 # envelope.read_header's messages for a file that ends inside the header or before the nonce.
 _TRUNCATION_MESSAGES = ("header is truncated", "the file ends before the payload nonce")
 _NOT_ALONE_MESSAGE = "a scrypt stanza must be the only stanza"
+
+
+# -- messages shown translated, recorded in English ----------------------------------------------
+
+
+class Text(str):
+    """A message in the chosen language that keeps its English (``english``) for records.
+
+    ``format`` fills both with the same values (a :class:`Text` value gives
+    each side its own language), so ``_("{path}: bad").format(path=p)`` stays one.
+    """
+
+    english: str
+
+    def __new__(cls, shown: str, english: str) -> Text:
+        """``shown`` is the text itself; ``english`` its English original."""
+        text = super().__new__(cls, shown)
+        text.english = english
+        return text
+
+    def format(self, *args: object, **kwargs: object) -> Text:
+        """Both languages formatted with the same values."""
+        plain = {key: _english_value(value) for key, value in kwargs.items()}
+        return Text(
+            str.format(self, *args, **kwargs),
+            self.english.format(*map(_english_value, args), **plain),
+        )
+
+
+def _(message: str) -> Text:
+    """:func:`gateway.i18n._` that keeps the English ``message`` too."""
+    return Text(i18n._(message), message)
+
+
+def english(value: object) -> str:
+    """The English of a :class:`Text`, or of an exception whose message is one; else ``str()``."""
+    if isinstance(value, BaseException) and value.args:
+        value = value.args[0] if isinstance(value.args[0], Text) else str(value)
+    return value.english if isinstance(value, Text) else str(value)
+
+
+def _english_value(value: object) -> object:
+    if isinstance(value, Text) or (isinstance(value, BaseException) and value.args):
+        return english(value)
+    return value
 
 
 class QuarantineReason(enum.Enum):
@@ -56,23 +110,31 @@ class QuarantineReason(enum.Enum):
 
     @property
     def message(self) -> str:
-        """One line for a person: what is wrong with the file."""
-        return _MESSAGES[self]
+        """One line in English (for records): what is wrong with the file."""
+        return _reason_text(self).english
+
+    @property
+    def shown(self) -> Text:
+        """:attr:`message` in the chosen language."""
+        return _reason_text(self)
 
 
-_MESSAGES = {
-    QuarantineReason.NOT_AGE: "not an age file",
-    QuarantineReason.ARMORED: "an ASCII-armored age file (envelopes are binary)",
-    QuarantineReason.MALFORMED_HEADER: "the age header is malformed",
-    QuarantineReason.NOT_SCRYPT: (
-        "not passphrase-encrypted (the header must hold exactly one scrypt stanza)"
-    ),
-    QuarantineReason.WORK_FACTOR_LOW: "the scrypt work factor is below the minimum",
-    QuarantineReason.WORK_FACTOR_HIGH: "the scrypt work factor is above the maximum",
-    QuarantineReason.TRUNCATED: "the file is truncated",
-    QuarantineReason.SIZE_MISMATCH: "the size differs from the expected size",
-    QuarantineReason.SHA256_MISMATCH: "the SHA-256 differs from the expected one",
-}
+def _reason_text(reason: QuarantineReason) -> Text:
+    """What is wrong, for each reason (literal messages, so the catalog has them)."""
+    texts = {
+        QuarantineReason.NOT_AGE: _("not an age file"),
+        QuarantineReason.ARMORED: _("an ASCII-armored age file (envelopes are binary)"),
+        QuarantineReason.MALFORMED_HEADER: _("the age header is malformed"),
+        QuarantineReason.NOT_SCRYPT: _(
+            "not passphrase-encrypted (the header must hold exactly one scrypt stanza)"
+        ),
+        QuarantineReason.WORK_FACTOR_LOW: _("the scrypt work factor is below the minimum"),
+        QuarantineReason.WORK_FACTOR_HIGH: _("the scrypt work factor is above the maximum"),
+        QuarantineReason.TRUNCATED: _("the file is truncated"),
+        QuarantineReason.SIZE_MISMATCH: _("the size differs from the expected size"),
+        QuarantineReason.SHA256_MISMATCH: _("the SHA-256 differs from the expected one"),
+    }
+    return texts[reason]
 
 
 @dataclass(frozen=True)
@@ -81,7 +143,8 @@ class CheckResult:
 
     Attributes:
         reason: None when the file is acceptable, else why it is not.
-        detail: specifics for a person (never file content beyond a type guess).
+        detail: specifics for a person (never file content beyond a type guess);
+            a :class:`Text` when this module wrote it (English in :attr:`message`).
         size: bytes read (the whole file).
         sha256: SHA-256 of the whole file, lower-case hex.
         work_factor: the scrypt work factor when the header has a valid scrypt stanza.
@@ -102,10 +165,18 @@ class CheckResult:
 
     @property
     def message(self) -> str:
-        """The verdict in one line: ``accepted`` or the reason with its detail."""
+        """The verdict in one line, in English (records): ``accepted`` or the reason and detail."""
+        return self.shown.english
+
+    @property
+    def shown(self) -> Text:
+        """The verdict in the chosen language (its ``english`` is :attr:`message`)."""
         if self.reason is None:
-            return "accepted"
-        return f"{self.reason.message}: {self.detail}" if self.detail else self.reason.message
+            return _("accepted")
+        if not self.detail:
+            return self.reason.shown
+        detail = self.detail if isinstance(self.detail, Text) else Text(self.detail, self.detail)
+        return _("{reason}: {detail}").format(reason=self.reason.shown, detail=detail)
 
 
 class _Readable(Protocol):
@@ -195,9 +266,11 @@ def _check(
     if reason is None:
         reason, detail = _check_payload_length(size - header_length - NONCE_SIZE)
     if reason is None and expected_size is not None and size != expected_size:
-        reason, detail = QuarantineReason.SIZE_MISMATCH, f"{size} bytes, expected {expected_size}"
+        reason = QuarantineReason.SIZE_MISMATCH
+        detail = _("{size} bytes, expected {expected}").format(size=size, expected=expected_size)
     if reason is None and expected_sha256 is not None and sha256 != expected_sha256.lower():
-        reason, detail = QuarantineReason.SHA256_MISMATCH, f"{sha256}, expected {expected_sha256}"
+        reason = QuarantineReason.SHA256_MISMATCH
+        detail = _("{sha256}, expected {expected}").format(sha256=sha256, expected=expected_sha256)
     return CheckResult(reason, detail, size, sha256, work_factor, stanzas)
 
 
@@ -215,11 +288,12 @@ _Verdict = tuple[QuarantineReason | None, str, int | None, tuple[str, ...], int]
 def _check_header(head: bytes, rest: _Hashing, bounds: tuple[int, int]) -> _Verdict:
     """Classify the header: reason, detail, work factor, stanza types, header length."""
     if not head:
-        return QuarantineReason.NOT_AGE, "the file is empty", None, (), 0
+        return QuarantineReason.NOT_AGE, _("the file is empty"), None, (), 0
     if looks_armored(head):
         return QuarantineReason.ARMORED, "", None, (), 0
     if not head.startswith(INTRO_PREFIX):
-        return QuarantineReason.NOT_AGE, f"it looks like {_sniff(head)}", None, (), 0
+        looks = _("it looks like {kind}").format(kind=_sniff(head))
+        return QuarantineReason.NOT_AGE, looks, None, (), 0
     try:
         info = read_header(_Replay(head, rest))  # type: ignore[arg-type]
     except HeaderError as exc:
@@ -234,7 +308,13 @@ def _check_header(head: bytes, rest: _Hashing, bounds: tuple[int, int]) -> _Verd
     stanzas = tuple(kind for kind, _args in info.stanzas)
     if not info.is_scrypt or info.work_factor is None:
         shown = ", ".join(s[:32] for s in stanzas[:5])
-        return QuarantineReason.NOT_SCRYPT, f"stanzas: {shown}", None, stanzas, 0
+        return (
+            QuarantineReason.NOT_SCRYPT,
+            _("stanzas: {types}").format(types=shown),
+            None,
+            stanzas,
+            0,
+        )
     low, high = bounds
     wf = info.work_factor
     if wf < low:
@@ -247,25 +327,25 @@ def _check_header(head: bytes, rest: _Hashing, bounds: tuple[int, int]) -> _Verd
 def _check_payload_length(payload: int) -> tuple[QuarantineReason | None, str]:
     """Can an age STREAM payload (after the nonce) be ``payload`` bytes long?"""
     if payload < TAG_SIZE:
-        return QuarantineReason.TRUNCATED, "the payload ends before its first chunk is complete"
+        return QuarantineReason.TRUNCATED, _("the payload ends before its first chunk is complete")
     last = payload % ENCRYPTED_CHUNK_SIZE
     if 0 < last < TAG_SIZE:
-        return QuarantineReason.TRUNCATED, "the payload ends inside a chunk's tag"
+        return QuarantineReason.TRUNCATED, _("the payload ends inside a chunk's tag")
     if last == TAG_SIZE and payload > TAG_SIZE:
-        return QuarantineReason.TRUNCATED, "the payload ends with an empty chunk after full ones"
+        return QuarantineReason.TRUNCATED, _("the payload ends with an empty chunk after full ones")
     return None, ""
 
 
-def _sniff(head: bytes) -> str:
+def _sniff(head: bytes) -> Text:
     """A guess at what a non-age file is, for the operator's message."""
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
-        return "a ZIP archive"
+        return _("a ZIP archive")
     if head.startswith(b"%PDF-"):
-        return "a PDF document"
+        return _("a PDF document")
     if head.startswith(b"7z\xbc\xaf\x27\x1c"):
-        return "a 7z archive"
+        return _("a 7z archive")
     if head.startswith(b"\x1f\x8b"):
-        return "a gzip file"
+        return _("a gzip file")
     sample = head.removeprefix(b"\xef\xbb\xbf")
     for encoding in ("utf-8", "cp932"):
         try:  # the sample may end inside a character: decode incrementally
@@ -273,5 +353,5 @@ def _sniff(head: bytes) -> str:
         except UnicodeDecodeError:
             continue
         if all(c.isprintable() or c in "\r\n\t" for c in text):
-            return "plain text (a CSV file?)"
-    return "binary data of an unknown kind"
+            return _("plain text (a CSV file?)")
+    return _("binary data of an unknown kind")

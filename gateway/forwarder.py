@@ -26,6 +26,11 @@ erasure certificates of FORWARDED and PULLED batches
 certificate checks out becomes ERASED, and its inbox copy, if still retained,
 is deleted at once.
 
+A receipt the completion could not write (a full disk) is signed here once there
+is room (:func:`gateway.receipts.ensure_receipt`). :meth:`Forwarder.stop` cuts the
+connections of :class:`~gateway.destinations.Interruptible` destinations (a peer that
+never answers must not hold SIGTERM).
+
 Every transition is audited (``batch_state_changed``) and stated in a signed
 status record (:mod:`gateway.status`). Crash safety: a batch found FORWARDING
 at start-up was interrupted; it is recorded as FAILED_RETRYING
@@ -40,13 +45,16 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway import pipeline
 from gateway.audit import AuditLog, local_now
 from gateway.certificate_intake import CertificateIntake
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_private_key
 from gateway.destinations import (
     DeliveryError,
     Destination,
+    Interruptible,
     SourceChangedError,
     TenantRoute,
     build_routes,
@@ -54,7 +62,8 @@ from gateway.destinations import (
 )
 from gateway.envelope_check import CheckResult, check_envelope
 from gateway.pipeline import BatchState, Situation, Step
-from gateway.policy import Area, NameKind, PolicyError, file_name
+from gateway.policy import Area, PolicyError
+from gateway.receipts import ensure_receipt
 from gateway.routes import RouteKind
 from gateway.state import BatchRecord, StateError, StateStore
 from gateway.status import StatusWriter
@@ -103,6 +112,7 @@ class Forwarder:
         clock: Clock = local_now,
         jitter: Jitter = _jitter,
         checker: Checker = check_envelope,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         """Bind the parts; ``routes`` default to :func:`build_routes` of ``config``.
 
@@ -117,7 +127,11 @@ class Forwarder:
             clock: Current timezone-aware time.
             jitter: A random factor in [0.5, 1.0] for the back-off.
             checker: The envelope check (:func:`gateway.envelope_check.check_envelope`).
+            signing_key: Signs a receipt the completion could not write (loaded
+                from ``[keys] signing_key`` when first needed if not given).
         """
+        self._config = config
+        self._signing_key = signing_key
         self._cfg = config.forwarder
         self._envelope = config.envelope
         self._store = store
@@ -148,16 +162,28 @@ class Forwarder:
         if self._thread is not None:
             return
         self._stopping.clear()
+        for destination in self._interruptible():
+            destination.resume()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = JOIN_SECONDS) -> None:
         """Stop the worker: a delivery in progress is interrupted and retried at the next start."""
         self._stopping.set()
+        for destination in self._interruptible():
+            destination.interrupt()  # a peer that never answers must not hold the stop
         self._queue.notify("")
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def _interruptible(self) -> list[Interruptible]:
+        found: list[Interruptible] = []
+        for route in self._routes.values():
+            destination: object = route.destination
+            if isinstance(destination, Interruptible):
+                found.append(destination)
+        return found
 
     def _run(self) -> None:
         self._guarded(self.recover)
@@ -300,14 +326,27 @@ class Forwarder:
     def _receipted(self, batch: BatchRecord) -> bool:
         """Whether the batch's receipt is written: only then is its reception complete.
 
-        A batch leaves RECEIVED only once it has its receipt, so a crash between
-        the completion's database row and its receipt leaves a RECEIVED batch,
-        which the restart's completion recovery receipts. Until then the batch
-        is looked at again on every wake-up (the completion's notify comes right
-        after the receipt) and every rescan.
+        A batch leaves RECEIVED only once it has its receipt. One whose receipt
+        is still missing after the grace period (a crash, or a full disk while
+        it was written) gets it here (:func:`gateway.receipts.ensure_receipt`);
+        until then the batch is looked at again on every wake-up (the
+        completion's notify comes right after the receipt) and every rescan.
         """
-        name = file_name(batch.batch_id, NameKind.RECEIPT)
-        return self._storage.exists(batch.tenant, Area.RECEIPTS, name)
+        try:
+            return ensure_receipt(
+                self._storage, self._audit, batch, self._receipt_key, self._clock()
+            )
+        except StorageError as exc:
+            self._emit("forwarder_failed", batch=batch.batch_id, tenant=batch.tenant,
+                       error=f"signing the missing receipt: {exc}")  # fmt: skip
+            self._schedule(batch.batch_id, float(self._cfg.rescan_seconds))
+            return False
+
+    def _receipt_key(self) -> Ed25519PrivateKey:
+        if self._signing_key is None:
+            keys = self._config.keys
+            self._signing_key = load_private_key(self._config, "keys.signing_key", keys.signing_key)
+        return self._signing_key
 
     def _verify(self, batch: BatchRecord) -> BatchRecord | None:
         try:

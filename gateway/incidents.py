@@ -24,12 +24,15 @@ sorted by time:
   end); the row carries the verification's finding and the time it was found.
 
 Text from the log is shown escaped (control characters as ``\\xNN``): an SFTP
-path is chosen by whoever sent it.
+path is chosen by whoever sent it. A row's ``detail`` is English (the report's
+PDF and CSV); ``shown`` is the same in the chosen language, for the terminal.
 
 :func:`find_overdue` lists batches delivered or opened but not erased after N
 days: spool arrivals (LGWAN and DVD, opened or not, by ``arrived_at``) and, at
 an ASP gateway, state-database batches FORWARDED or PULLED (by the time they
-were first delivered) that never became ERASED.
+were first delivered) that never became ERASED. A spool batch whose erasure
+the state database records but whose certificate copy is not in the spool yet
+(an ``erase`` that failed or was killed) is listed in state ``erasing``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit_files import AuditError, describe
 from gateway.audit_query import records, verify
+from gateway.envelope_check import Text, _, english
 from gateway.pdf import JST
 from gateway.spool import Arrival, Spool, batch_state
 from gateway.state import BatchRecord, StateStore
@@ -104,6 +108,8 @@ class Incident:
     detail: str = ""
     seq: int | None = None
     """The audit record's seq (None for bursts and verification findings)."""
+    shown: str = ""
+    """``detail`` in the chosen language, for the terminal (empty: as ``detail``)."""
 
 
 @dataclass(frozen=True)
@@ -166,18 +172,19 @@ def read_incidents(
     else:
         verdict = describe(report)
         tampered.append(Incident(now, KIND_TAMPERED, detail=_safe(f"{log.name}: {verdict}")))
-    stopped: list[str] = []
+    stopped: list[Text] = []
     rows = collect(
         _until_error(records(log), stopped), burst_threshold=burst_threshold, since=since
     )
     for stop in stopped:
-        tampered.append(Incident(now, KIND_TAMPERED, detail=_safe(stop)))
-        verdict = stop if report.ok else f"{verdict}; {stop}"
+        detail, shown = _both(stop)
+        tampered.append(Incident(now, KIND_TAMPERED, detail=detail, shown=shown))
+        verdict = english(stop) if report.ok else f"{verdict}; {english(stop)}"
     return Findings(rows + tampered, not tampered, verdict, report.signer)
 
 
 def _until_error(
-    found: Iterator[dict[str, object]], stopped: list[str]
+    found: Iterator[dict[str, object]], stopped: list[Text]
 ) -> Iterator[dict[str, object]]:
     """Stream ``found``; a read error ends it and is noted in ``stopped``."""
     count = 0
@@ -186,7 +193,9 @@ def _until_error(
             count += 1
             yield record
     except AuditError as exc:
-        stopped.append(f"reading stopped after {count} records: {exc}")
+        stopped.append(
+            _("reading stopped after {count} records: {reason}").format(count=count, reason=exc)
+        )
 
 
 def collect(
@@ -228,7 +237,8 @@ def _row(record: dict[str, object], at: datetime) -> Incident | None:
     found = _kind_and_detail(record)
     if found is None:
         return None
-    kind, detail = found
+    kind, text = found
+    detail, shown = _both(text)
     who = record.get("user") if kind == KIND_LOCKED_OUT else record.get("actor")
     seq = record.get("seq")
     return Incident(
@@ -238,52 +248,59 @@ def _row(record: dict[str, object], at: datetime) -> Incident | None:
         tenant=_safe(_text(record.get("tenant"))),
         batch=_safe(_text(record.get("batch"))),
         source=_safe(_text(record.get("source"))),
-        detail=_safe(detail),
+        detail=detail,
         seq=seq if isinstance(seq, int) else None,
+        shown=shown,
     )
 
 
-def _kind_and_detail(record: dict[str, object]) -> tuple[str, str] | None:
+def _kind_and_detail(record: dict[str, object]) -> tuple[str, Text] | None:
     event = record.get("event")
     reason = _text(record.get("reason"))
     if event == "account_locked_out":
-        return KIND_LOCKED_OUT, f"locked until {_jst(record.get('until'))}"
+        return KIND_LOCKED_OUT, _("locked until {until}").format(until=_jst(record.get("until")))
     if event == "sftp_refused":
         op = _text(record.get("op"))
         if reason not in PATH_TRICKS and op not in LINK_OPS:
             return None
-        return KIND_PATH, f"{op} {_quoted(record.get('path'))}: {reason}"
+        return KIND_PATH, _as_is(f"{op} {_quoted(record.get('path'))}: {reason}")
     if event == "upload_rejected":
-        return KIND_UPLOAD, _joined(reason, _moved(record))
+        return KIND_UPLOAD, _joined(_as_is(reason), _moved(record))
     if event == "incident_raised":
         kind = _text(record.get("kind")) or "incident"
         said = _text(record.get("detail"))
         if reason and reason != said:
             said = f"{said} ({reason})" if said else reason
-        return kind, _joined(said, _moved(record))
+        return kind, _joined(_as_is(said), _moved(record))
     if event == "custody_refused":
         os_user = _text(record.get("os_user"))
         refused = f"{_text(record.get('action'))}: {reason}"
-        return KIND_CUSTODY, f"{refused} {_os_user(os_user)}".rstrip()
+        if not os_user:
+            return KIND_CUSTODY, _as_is(refused)
+        return KIND_CUSTODY, _("{refused} (OS user {user})").format(refused=refused, user=os_user)
     if event == "print_logged":
         occurrence = record.get("occurrence")
         if not isinstance(occurrence, int) or occurrence <= 1:
             return None
         return KIND_REPRINT, _reprint(record, occurrence)
     if event == "erasure_certificate_rejected":
-        return KIND_CERTIFICATE, reason
+        return KIND_CERTIFICATE, _as_is(reason)
     return None
 
 
-def _reprint(record: dict[str, object], occurrence: int) -> str:
+def _reprint(record: dict[str, object], occurrence: int) -> Text:
     sheets = record.get("sheets")
-    what = f"{_text(record.get('file'))} on {_text(record.get('printer'))}"
+    what = _("{file} on {printer}").format(
+        file=_text(record.get("file")), printer=_text(record.get("printer"))
+    )
     if isinstance(sheets, int):
-        what += f", {sheets} sheets"
+        what = _("{what}, {sheets} sheets").format(what=what, sheets=sheets)
     computer = _text(record.get("computer"))
     if computer:
-        what += f" from {computer}"
-    return f"print #{occurrence}: {what}; reason: {_text(record.get('reason'))}"
+        what = _("{what} from {computer}").format(what=what, computer=computer)
+    return _("print #{occurrence}: {what}; reason: {reason}").format(
+        occurrence=occurrence, what=what, reason=_text(record.get("reason"))
+    )
 
 
 def _bursts(
@@ -304,7 +321,7 @@ def _bursts(
         while at - window[0][0] > BURST_WINDOW:
             window.popleft()
         if len(window) >= max(threshold, 1):
-            burst = _Burst(window[0][0], at, len(window), [u for _, u in window])
+            burst = _Burst(window[0][0], at, len(window), [u for _at, u in window])
             window.clear()
     if burst is not None:
         yield _burst_row(address, burst)
@@ -313,15 +330,23 @@ def _bursts(
 def _burst_row(address: str, burst: _Burst) -> Incident:
     seconds = int((burst.last - burst.start).total_seconds())
     names = sorted({u for u in burst.users if u})
-    shown = ", ".join(_quoted(n) for n in names[:5])
+    listed = _as_is(", ".join(_quoted(n) for n in names[:5]))
     if len(names) > 5:
-        shown += f" and {len(names) - 5} more"
-    detail = f"{burst.count} failed logins in {seconds} s (until {jst_text(burst.last)})"
-    if shown:
-        detail += f"; accounts {shown}"
+        listed = _("{names} and {more} more").format(names=listed, more=len(names) - 5)
+    text = _("{count} failed logins in {seconds} s (until {until})").format(
+        count=burst.count, seconds=seconds, until=jst_text(burst.last)
+    )
+    if names:
+        text = _("{logins}; accounts {names}").format(logins=text, names=listed)
     user = _safe(names[0]) if len(names) == 1 else ""
+    detail, shown = _both(text)
     return Incident(
-        burst.start, KIND_BRUTE_FORCE, user=user, source=_safe(address), detail=_safe(detail)
+        burst.start,
+        KIND_BRUTE_FORCE,
+        user=user,
+        source=_safe(address),
+        detail=detail,
+        shown=shown,
     )
 
 
@@ -355,9 +380,10 @@ def find_overdue(
     limit = timedelta(days=days)
     found: list[Overdue] = []
     in_spool: set[str] = set()
-    for arrival in spool.list():
+    journaled = {r.batch_id for r in store.erasures()} if store is not None else set()
+    for arrival in spool.list(erasing=journaled):
         in_spool.add(arrival.batch_id)
-        state = _spool_state(arrival, spool.root, work_dir)
+        state = _spool_state(arrival, spool.root, work_dir, arrival.batch_id in journaled)
         if state != ERASED and now - arrival.arrived_at >= limit:
             found.append(
                 Overdue(
@@ -386,13 +412,13 @@ def find_overdue(
     return found
 
 
-def _spool_state(arrival: Arrival, spool_root: Path, work_dir: Path) -> str:
-    """``arrived``, ``opened`` or ``erased`` (the one place this module decides it).
+def _spool_state(arrival: Arrival, spool_root: Path, work_dir: Path, journaled: bool) -> str:
+    """``arrived``, ``opened``, ``erasing`` or ``erased`` (the one place this module decides it).
 
     :func:`gateway.spool.batch_state` decides when the spool knows erasure;
     otherwise the tombstone ``<spool>/<batch>.erasure.json`` does.
     """
-    state = batch_state(arrival, work_dir).value
+    state = batch_state(arrival, work_dir, journaled=journaled).value
     if state != ERASED and (spool_root / (arrival.batch_id + ERASURE_SUFFIX)).exists():
         return ERASED
     return state
@@ -460,14 +486,21 @@ def jst_text(at: datetime) -> str:
     return f"{at.astimezone(JST):%Y-%m-%d %H:%M:%S} JST"
 
 
-def _moved(record: dict[str, object]) -> str:
+def _moved(record: dict[str, object]) -> Text:
     moved = _text(record.get("quarantined_as"))
-    return f"quarantined as {moved}" if moved else ""
+    return _("quarantined as {name}").format(name=moved) if moved else _as_is("")
 
 
-def _os_user(os_user: str) -> str:
-    return f"(OS user {os_user})" if os_user else ""
+def _joined(*parts: Text) -> Text:
+    kept = [p for p in parts if p]
+    return Text("; ".join(kept), "; ".join(english(p) for p in kept))
 
 
-def _joined(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)
+def _as_is(text: str) -> Text:
+    """Text from the log (codes, values): the same in every language."""
+    return Text(text, text)
+
+
+def _both(text: Text) -> tuple[str, str]:
+    """``text`` escaped: in English (``detail``) and in the chosen language (``shown``)."""
+    return _safe(english(text)), _safe(str(text))

@@ -17,6 +17,7 @@ from gateway import config as config_mod
 from gateway.audit import AuditLog
 from gateway.credentials import toml_value
 from gateway.errors import GatewayError
+from gateway.i18n import _
 from gateway.state import StateStore
 
 CONFIG_NAME = "gateway.toml"
@@ -63,8 +64,10 @@ def init_root(root: Path, *, actor: str) -> Initialised:
     for target in targets:
         if target.exists() or target.is_symlink():
             raise GatewayError(
-                f"{target} already exists: {root} is already initialised",
-                hint="init never overwrites anything; choose another --root",
+                _("{path} already exists: {root} is already initialised").format(
+                    path=target, root=root
+                ),
+                hint=_("init never overwrites anything; choose another --root"),
             )
     created: list[Path] = []
     try:

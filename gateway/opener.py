@@ -1,10 +1,14 @@
 """``lgwan-gateway open``: decrypt a batch at the print site, verify it, then release it.
 
 Everything inside the envelope is hostile until proven otherwise. Plaintext is
-written only into a private temporary directory inside the output directory;
-the batch directory ``<out>/<batch>/`` appears (by one rename) only after the
-whole payload authenticated and every file matched the manifest. Any failure
-removes the temporary directory: nothing is left behind.
+written only into a private temporary directory inside the output directory,
+named after the batch — ``<out>/.opening-<batch>-XXXX/``, created once the
+manifest is read and admitted, so a process killed while decrypting (SIGKILL,
+out of memory, power loss) leaves plaintext that ``erase`` attributes to its
+batch and erases with it. The batch directory ``<out>/<batch>/`` appears (by
+one rename) only after the whole payload authenticated and every file matched
+the manifest. Any failure overwrites the temporary directory's files with
+zeros and removes it (:func:`gateway.erasure.shred_tree`): nothing is left behind.
 
 Modes: every directory ``open`` creates is 0700 and every released file 0600,
 whatever the umask. The caller may look at the manifest before anything is
@@ -12,10 +16,10 @@ extracted (``admit``): custody rules that need the batch id (erased? opened
 before?) refuse there, before a single plaintext byte is written.
 """
 
+import contextlib
 import hashlib
 import io
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -23,14 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from custody.erasure_certificate import OPENING_PREFIX
 from envelope import DecryptingReader, EnvelopeError, ManifestError, NoMatchError
 from envelope.manifest import BATCH_ID_RE, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse
 from envelope.printdata import count_records, is_csv
+from gateway.erasure import shred_tree
 from gateway.errors import GatewayError
+from gateway.i18n import _
 
 AGE_SUFFIX = ".age"
 _BLOCK = 1 << 20
-_TEMP_PREFIX = ".opening-"
+_TEMP_PREFIX = OPENING_PREFIX
 _MAX_PADDING = 2 * tarfile.RECORDSIZE
 
 Progress = Callable[[int], None]
@@ -63,6 +70,7 @@ def open_batch(
     csv_encoding: str,
     progress: Progress | None = None,
     admit: Admit | None = None,
+    wipe_passes: int = 1,
 ) -> Opened:
     """Decrypt ``envelope_path`` into ``out_dir/<batch>/`` after full verification.
 
@@ -77,6 +85,7 @@ def open_batch(
         admit: called with the manifest once it has been read (and its batch id
             matched the file name), before any file is extracted; whatever it
             raises propagates and nothing is released.
+        wipe_passes: zero passes over plaintext abandoned on a failure.
 
     Returns:
         The manifest and the released directory.
@@ -89,39 +98,66 @@ def open_batch(
     try:
         source = envelope_path.open("rb")
     except OSError as exc:
-        raise OpenError(f"{envelope_path}: cannot open: {exc.strerror}") from None
+        raise OpenError(
+            _("{path}: cannot open: {reason}").format(path=envelope_path, reason=exc.strerror)
+        ) from None
     out_dir = out_dir.absolute()
     try:
         make_private_dir(out_dir)
     except BaseException:
         source.close()
         raise
-    temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out_dir))  # 0700
+    workspace = _Workspace(out_dir)
     try:
         with source:
             counted = io.BufferedReader(_CountingReader(source, progress), _BLOCK)
             manifest, digests = _extract(
-                counted, passphrase, max_work_factor, temp, envelope_path, out_dir, admit
+                counted, passphrase, max_work_factor, workspace, envelope_path, admit
             )
+        temp = workspace.path()
         _verify(temp, manifest, digests, csv_encoding)
         target = _free_target(out_dir, manifest)
         temp.rename(target)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        workspace.discard(wipe_passes)
         raise
     return Opened(manifest=manifest, directory=target)
+
+
+class _Workspace:
+    """The private ``<out>/.opening-<batch>-XXXX/`` directory, made once the batch is known."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._path: Path | None = None
+
+    def create(self, batch_id: str) -> Path:
+        """Make it (0700) for ``batch_id`` (a checked batch id: one safe component)."""
+        self._path = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{batch_id}-", dir=self.out_dir))
+        return self._path
+
+    def path(self) -> Path:
+        """The directory (after :meth:`create`)."""
+        assert self._path is not None, "no file is extracted before the manifest is admitted"
+        return self._path
+
+    def discard(self, passes: int) -> None:
+        """Overwrite and remove whatever was written; never fails (the caller's error wins)."""
+        if self._path is None or not os.path.lexists(self._path):
+            return
+        with contextlib.suppress(GatewayError, OSError):  # else ``erase`` finds it later
+            shred_tree(self._path, passes=passes)
 
 
 def _extract(
     source: BinaryIO,
     passphrase: str,
     max_work_factor: int,
-    temp: Path,
+    workspace: _Workspace,
     path: Path,
-    out_dir: Path,
     admit: Admit | None,
 ) -> tuple[Manifest, dict[str, str]]:
-    """Decrypt and unpack into ``temp``.
+    """Decrypt and unpack into the workspace (made once the manifest is admitted).
 
     Returns:
         The manifest and each file's SHA-256, once the whole payload authenticated.
@@ -133,21 +169,28 @@ def _extract(
             _check_name(path, manifest)
             if admit is not None:
                 admit(manifest)
-            _free_target(out_dir, manifest)
+            _free_target(workspace.out_dir, manifest)
+            temp = workspace.create(manifest.batch_id)
             expected = {f.name: f.size for f in manifest.files}
             digests: dict[str, str] = {}
             while (member := tar.next()) is not None:
                 digests[member.name] = _extract_member(tar, member, expected, temp)
             if expected:
-                raise OpenError(f"{len(expected)} file(s) in the manifest are missing")
+                raise OpenError(
+                    _("{count} file(s) in the manifest are missing").format(count=len(expected))
+                )
         _drain_padding(reader)
     except NoMatchError:
         raise OpenError(
-            f"{path.name}: the passphrase does not open this batch",
-            hint="check it against the password notice for this batch id",
+            _("{name}: the passphrase does not open this batch").format(name=path.name),
+            hint=_("check it against the password notice for this batch id"),
         ) from None
     except (EnvelopeError, tarfile.TarError) as exc:
-        raise OpenError(f"{path.name}: {_describe(exc)}; nothing was released") from None
+        raise OpenError(
+            _("{name}: {problem}; nothing was released").format(
+                name=path.name, problem=_describe(exc)
+            )
+        ) from None
     return manifest, digests
 
 
@@ -171,7 +214,7 @@ def make_private_dir(directory: Path) -> None:
             continue
         level.chmod(0o700)
     if not directory.is_dir():
-        raise OpenError(f"{directory} is not a directory")
+        raise OpenError(_("{path} is not a directory").format(path=directory))
 
 
 def batch_of_name(path: Path) -> str | None:
@@ -189,7 +232,7 @@ def _drain_padding(reader: _Readable) -> None:
     while block := reader.read(_BLOCK):
         total += len(block)
         if total > _MAX_PADDING or block.count(0) != len(block):
-            raise OpenError("data follows the archive inside the envelope")
+            raise OpenError(_("data follows the archive inside the envelope"))
 
 
 def _free_target(out_dir: Path, manifest: Manifest) -> Path:
@@ -197,27 +240,29 @@ def _free_target(out_dir: Path, manifest: Manifest) -> Path:
     target = out_dir / manifest.batch_id
     if target.exists() or target.is_symlink():
         raise OpenError(
-            f"{target} already exists; refusing to overwrite an opened batch",
-            hint="erase or move the earlier copy first",
+            _("{path} already exists; refusing to overwrite an opened batch").format(path=target),
+            hint=_("erase or move the earlier copy first"),
         )
     return target
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ManifestError):
-        return f"bad manifest: {exc}"
+        return _("bad manifest: {reason}").format(reason=exc)
     if isinstance(exc, EnvelopeError):
-        return f"the envelope is damaged or was tampered with ({type(exc).__name__}: {exc})"
-    return f"the archive inside the envelope is malformed ({exc})"
+        return _("the envelope is damaged or was tampered with ({kind}: {reason})").format(
+            kind=type(exc).__name__, reason=exc
+        )
+    return _("the archive inside the envelope is malformed ({reason})").format(reason=exc)
 
 
 def _read_manifest(tar: tarfile.TarFile) -> Manifest:
     """The first member must be the manifest, a small regular file."""
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isreg():
-        raise ManifestError(f"the first member is not {MANIFEST_NAME}")
+        raise ManifestError(_("the first member is not {name}").format(name=MANIFEST_NAME))
     if first.size > MAX_MANIFEST_BYTES:
-        raise ManifestError("the manifest is too large")
+        raise ManifestError(_("the manifest is too large"))
     handle = tar.extractfile(first)
     assert handle is not None  # a regular member always has a file object
     return parse(handle.read())
@@ -232,12 +277,18 @@ def _extract_member(
         The SHA-256 (hex) of what was written, computed on the way.
     """
     if not member.isreg():
-        raise OpenError(f"the envelope holds a non-file member ({member.name[:60]!r})")
+        raise OpenError(
+            _("the envelope holds a non-file member ({name})").format(name=repr(member.name[:60]))
+        )
     size = expected.pop(member.name, None)
     if size is None:
-        raise OpenError(f"the envelope holds a file not in its manifest ({member.name[:60]!r})")
+        raise OpenError(
+            _("the envelope holds a file not in its manifest ({name})").format(
+                name=repr(member.name[:60])
+            )
+        )
     if member.size != size:
-        raise OpenError(f"{member.name}: size differs from the manifest")
+        raise OpenError(_("{name}: size differs from the manifest").format(name=member.name))
     handle = tar.extractfile(member)
     assert handle is not None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -265,7 +316,9 @@ def _verify(temp: Path, manifest: Manifest, digests: dict[str, str], encoding: s
     for entry in manifest.files:
         path = temp / entry.name
         if path.stat().st_size != entry.size or digests.get(entry.name) != entry.sha256:
-            raise OpenError(f"{entry.name}: content differs from the manifest (SHA-256)")
+            raise OpenError(
+                _("{name}: content differs from the manifest (SHA-256)").format(name=entry.name)
+            )
         records = 1
         if is_csv(entry.name):
             with path.open("rb") as handle:
@@ -274,7 +327,11 @@ def _verify(temp: Path, manifest: Manifest, digests: dict[str, str], encoding: s
                 except ManifestError as exc:
                     raise OpenError(f"{entry.name}: {exc}") from None
         if records != entry.records:
-            raise OpenError(f"{entry.name}: {records} records, the manifest says {entry.records}")
+            raise OpenError(
+                _("{name}: {records} records, the manifest says {expected}").format(
+                    name=entry.name, records=records, expected=entry.records
+                )
+            )
 
 
 def _check_name(path: Path, manifest: Manifest) -> None:
@@ -282,8 +339,10 @@ def _check_name(path: Path, manifest: Manifest) -> None:
     stem = batch_of_name(path)
     if stem is not None and stem != manifest.batch_id:
         raise OpenError(
-            f"{path.name} holds batch {manifest.batch_id}, not {stem}",
-            hint="the file was renamed or swapped; ask the ward which batch this is",
+            _("{name} holds batch {batch}, not {expected}").format(
+                name=path.name, batch=manifest.batch_id, expected=stem
+            ),
+            hint=_("the file was renamed or swapped; ask the ward which batch this is"),
         )
 
 

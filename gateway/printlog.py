@@ -1,6 +1,6 @@
 """The print site's custody records at work: the session custody commands share, and the print log.
 
-``open`` and ``print-log add`` run inside a :class:`Custody` session
+``open``, ``print-log add`` and ``erase`` run inside a :class:`Custody` session
 (:func:`custody_session`): the state database (openings, prints, erasures, the
 staff roster), the audit log and the spool of this print site. Every custody
 action is done by an authenticated member of staff (``--as NAME``); every
@@ -34,13 +34,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from envelope import ManifestError
-from envelope.manifest import check_batch_id
+from envelope.manifest import BATCH_ID_RE, check_batch_id
 from gateway import config as config_mod
 from gateway.admin import operator
-from gateway.app import INIT_HINT, load_key
+from gateway.app import init_hint, load_key
 from gateway.audit import AuditLog, local_now
 from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.i18n import _
 from gateway.spool import Spool
 from gateway.staff import CustodyRefusedError, Roster
 from gateway.state import (
@@ -78,6 +81,8 @@ class Custody:
     spool: Spool
     work_dir: Path
     os_user: str
+    key: Ed25519PrivateKey
+    """The site's signing key (it signs the audit checkpoints and erasure certificates)."""
 
     def refuse(
         self,
@@ -114,16 +119,24 @@ class Custody:
         Raises:
             CustodyRefusedError: the batch is erased or being erased.
         """
-        if self.erased(batch_id):
-            self.refuse(
-                REASON_ERASED,
-                f"batch {batch_id} has been erased at this site; nothing of it may be"
-                f" {'opened' if action == ACTION_OPEN else 'printed'} any more",
-                action=action,
-                actor=actor,
-                batch=batch_id,
-                hint="ask the ward to send the batch again if it is still needed",
+        if not self.erased(batch_id):
+            return
+        if action == ACTION_OPEN:
+            message = _(
+                "batch {batch} has been erased at this site; nothing of it may be opened any more"
             )
+        else:
+            message = _(
+                "batch {batch} has been erased at this site; nothing of it may be printed any more"
+            )
+        self.refuse(
+            REASON_ERASED,
+            message.format(batch=batch_id),
+            action=action,
+            actor=actor,
+            batch=batch_id,
+            hint=_("ask the ward to send the batch again if it is still needed"),
+        )
 
 
 def open_store(cfg: config_mod.GatewayConfig) -> StateStore:
@@ -135,7 +148,7 @@ def open_store(cfg: config_mod.GatewayConfig) -> StateStore:
     try:
         return StateStore.open(cfg.path(cfg.state.database), create=False)
     except StateError as exc:
-        raise GatewayError(str(exc), hint=INIT_HINT) from None
+        raise GatewayError(str(exc), hint=init_hint()) from None
 
 
 @contextmanager
@@ -151,8 +164,9 @@ def custody_session(cfg: config_mod.GatewayConfig) -> Iterator[Custody]:
         key = load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
         log = cfg.path(cfg.audit.log)
         if not log.is_file():
-            file = str(cfg.source) if cfg.source else "(defaults)"
-            raise ConfigError(file, "audit.log", f"{log} does not exist ({INIT_HINT})")
+            file = str(cfg.source) if cfg.source else _("(defaults)")
+            message = _("{path} does not exist ({hint})").format(path=log, hint=init_hint())
+            raise ConfigError(file, "audit.log", message)
         audit = AuditLog.open(
             log,
             cfg.path(cfg.audit.checkpoints),
@@ -171,6 +185,7 @@ def custody_session(cfg: config_mod.GatewayConfig) -> Iterator[Custody]:
                 spool=Spool(cfg.path(cfg.printsite.spool)),
                 work_dir=cfg.path(cfg.printsite.work_dir),
                 os_user=os_user,
+                key=key,
             )
         finally:
             audit.close()
@@ -189,9 +204,14 @@ def checked_batch_id(value: str) -> str:
     """
     try:
         return check_batch_id(value)
-    except ManifestError as exc:
+    except ManifestError:
+        if BATCH_ID_RE.fullmatch(value):
+            message = _("{value} is not a batch id: it does not start with a real date")
+        else:
+            message = _("{value} is not a batch id (expected YYYYMMDD-TYPE-XXXXXX)")
         raise UsageError(
-            f"{value[:40]!r} is {exc}", hint="see 'lgwan-gateway batches' for the batch ids"
+            message.format(value=repr(value[:40])),
+            hint=_("see 'lgwan-gateway batches' for the batch ids"),
         ) from None
 
 
@@ -203,9 +223,13 @@ def checked_text(value: str, option: str, *, limit: int = MAX_NAME_CHARS) -> str
     """
     text = value.strip()
     if not text:
-        raise UsageError(f"{option} must not be empty")
+        raise UsageError(_("{option} must not be empty").format(option=option))
     if len(text) > limit or not text.isprintable():
-        raise UsageError(f"{option} must be printable text of at most {limit} characters")
+        raise UsageError(
+            _("{option} must be printable text of at most {limit} characters").format(
+                option=option, limit=limit
+            )
+        )
     return text
 
 
@@ -225,7 +249,11 @@ def checked_sheets(value: int) -> int:
         UsageError: it is not.
     """
     if not MIN_SHEETS <= value <= MAX_SHEETS:
-        raise UsageError(f"--sheets must be from {MIN_SHEETS} to {MAX_SHEETS:,} (got {value})")
+        raise UsageError(
+            _("--sheets must be from {min} to {max:,} (got {value})").format(
+                min=MIN_SHEETS, max=MAX_SHEETS, value=value
+            )
+        )
     return value
 
 
@@ -273,22 +301,26 @@ def log_print(
     if not opens:
         custody.refuse(
             REASON_NOT_OPENED,
-            f"batch {batch} was not opened at this site; there is nothing to print",
+            _("batch {batch} was not opened at this site; there is nothing to print").format(
+                batch=batch
+            ),
             action=ACTION_PRINT,
             actor=actor,
             batch=batch,
-            hint="open it first: lgwan-gateway open BATCH --as NAME --via …",
+            hint=_("open it first: lgwan-gateway open BATCH --as NAME --via …"),
         )
     names = sorted({name for record in opens for name in record.files})
     if request.file_name not in names:
         shown = ", ".join(names[:_SHOWN_FILES]) + (", …" if len(names) > _SHOWN_FILES else "")
         custody.refuse(
             REASON_UNKNOWN_FILE,
-            f"batch {batch} has no file {request.file_name[:80]!r}",
+            _("batch {batch} has no file {name}").format(
+                batch=batch, name=repr(request.file_name[:80])
+            ),
             action=ACTION_PRINT,
             actor=actor,
             batch=batch,
-            hint=f"its files: {shown}",
+            hint=_("its files: {names}").format(names=shown),
         )
     try:
         record = custody.store.add_print(

@@ -24,6 +24,7 @@ from typing import Any
 from gateway import config as config_mod
 from gateway.audit import local_now
 from gateway.errors import GatewayError, UsageError
+from gateway.i18n import _
 from gateway.printlog import (
     ACTION_PRINT,
     MAX_NAME_CHARS,
@@ -46,25 +47,25 @@ _FORMATS = (".pdf", ".csv")
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``print-log add`` and ``print-log report`` to the top-level subcommands."""
-    group = sub.add_parser("print-log", help="the print log: record prints, report them")
+    group = sub.add_parser("print-log", help=_("the print log: record prints, report them"))
     commands = group.add_subparsers(
         dest="print_log_command", required=True, parser_class=type(group)
     )
 
-    p = commands.add_parser("add", help="record one print of a file of an opened batch")
-    p.add_argument("--batch", required=True, metavar="B", help="the batch id")
-    p.add_argument("--file", required=True, metavar="NAME", help="the file, as in the manifest")
-    p.add_argument("--printer", required=True, metavar="P", help="the printer's name")
-    p.add_argument("--sheets", required=True, type=int, metavar="N", help="sheets printed")
+    p = commands.add_parser("add", help=_("record one print of a file of an opened batch"))
+    p.add_argument("--batch", required=True, metavar="B", help=_("the batch id"))
+    p.add_argument("--file", required=True, metavar="NAME", help=_("the file, as in the manifest"))
+    p.add_argument("--printer", required=True, metavar="P", help=_("the printer's name"))
+    p.add_argument("--sheets", required=True, type=int, metavar="N", help=_("sheets printed"))
     p.add_argument(
         "--computer", metavar="C",
-        help="the computer that printed (default: [custody] computer, else this host's name)",
+        help=_("the computer that printed (default: [custody] computer, else this host's name)"),
     )  # fmt: skip
-    p.add_argument("--reason", metavar="TEXT", help="why the file is printed again (reprints)")
+    p.add_argument("--reason", metavar="TEXT", help=_("why the file is printed again (reprints)"))
     add_actor_arguments(p)
     p.set_defaults(run=cmd_add)
 
-    p = commands.add_parser("report", help="every print of a batch as PDF or CSV")
+    p = commands.add_parser("report", help=_("every print of a batch as PDF or CSV"))
     p.add_argument("batch", metavar="BATCH")
     p.add_argument("--out", type=Path, required=True, metavar="F.pdf|F.csv")
     p.set_defaults(run=cmd_report)
@@ -86,12 +87,26 @@ def cmd_add(args: argparse.Namespace) -> int:
     with custody_session(cfg) as custody:
         staff = authenticate_actor(args, custody.roster, action=ACTION_PRINT, batch=batch)
         record = log_print(custody, staff, request)
-    kind = "print" if record.occurrence == 1 else f"reprint (print {record.occurrence})"
-    print(
-        f"recorded {kind} of {record.file_name} from batch {batch}:"
-        f" {record.sheets:,} sheet(s) on {record.printer} from {record.computer} by {staff.name}",
-        file=sys.stderr,
-    )
+    if record.occurrence == 1:
+        done = _(
+            "recorded print of {file} from batch {batch}:"
+            " {sheets:,} sheet(s) on {printer} from {computer} by {staff}"
+        )
+    else:
+        done = _(
+            "recorded reprint (print {occurrence}) of {file} from batch {batch}:"
+            " {sheets:,} sheet(s) on {printer} from {computer} by {staff}"
+        )
+    values = {
+        "occurrence": record.occurrence,
+        "file": record.file_name,
+        "batch": batch,
+        "sheets": record.sheets,
+        "printer": record.printer,
+        "computer": record.computer,
+        "staff": staff.name,
+    }
+    print(done.format(**values), file=sys.stderr)
     return EXIT_OK
 
 
@@ -101,9 +116,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     out: Path = args.out
     suffix = out.suffix.lower()
     if suffix not in _FORMATS:
-        raise UsageError(f"--out {out}: unknown format", hint="name the file F.pdf or F.csv")
+        raise UsageError(
+            _("--out {out}: unknown format").format(out=out),
+            hint=_("name the file F.pdf or F.csv"),
+        )
     if not out.absolute().parent.is_dir():
-        raise UsageError(f"--out {out}: the directory {out.absolute().parent} does not exist")
+        raise UsageError(
+            _("--out {out}: the directory {directory} does not exist").format(
+                out=out, directory=out.absolute().parent
+            )
+        )
     cfg = config_mod.load(args.config)
     with open_store(cfg) as store:
         opens = store.opens(batch)
@@ -116,8 +138,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         }
     if not opens and not prints:
         raise GatewayError(
-            f"batch {batch} was never opened at this site; it has no print log",
-            hint="see 'lgwan-gateway batches'",
+            _("batch {batch} was never opened at this site; it has no print log").format(
+                batch=batch
+            ),
+            hint=_("see 'lgwan-gateway batches'"),
         )
     report = PrintReport(
         batch_id=batch,

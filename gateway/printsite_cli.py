@@ -3,7 +3,10 @@
 :func:`register` adds them to the ``lgwan-gateway`` parser. ``dvd-import``
 writes ``dvd_imported`` or ``dvd_refused`` to the audit log (``actor`` = the
 operator's OS user), so it needs the print site's signing key and audit log
-(``lgwan-gateway init --root DIR`` creates both). ``batches`` only reads.
+(``lgwan-gateway init --root DIR`` creates both). ``batches`` only reads: the
+spool, and the state database when there is one (a batch whose erasure is
+recorded there but not completed — no certificate copy in the spool yet — is
+``erasing``: run ``erase`` again).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from zoneinfo import ZoneInfo
 from gateway import config as config_mod
 from gateway.accounts import TENANT_RE
 from gateway.admin import operator
-from gateway.app import INIT_HINT, load_key
+from gateway.app import init_hint, load_key
 from gateway.audit import AuditLog
 from gateway.dvd_import import ImportNotes, import_discs
+from gateway.envelope_check import english
 from gateway.errors import ConfigError, UsageError
+from gateway.i18n import _
 from gateway.spool import Arrival, BatchState, Spool, batch_state
+from gateway.state import StateStore
 from gateway.ui import progress_bar
 
 EXIT_OK = 0
@@ -35,20 +41,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``dvd-import`` and ``batches`` to the top-level subcommands."""
     p = sub.add_parser(
         "dvd-import",
-        help="verify a DVD from the ward (ISO image or mounted disc), put its batch in the spool",
+        help=_(
+            "verify a DVD from the ward (ISO image or mounted disc), put its batch in the spool"
+        ),
     )
     p.add_argument(
         "sources",
         nargs="+",
         type=Path,
         metavar="FILE.iso|DIR",
-        help="an image, a mounted disc, or a directory of images; every part of a split set",
+        help=_("an image, a mounted disc, or a directory of images; every part of a split set"),
     )
-    p.add_argument("--tenant", required=True, metavar="T", help="the ward the batch belongs to")
+    p.add_argument("--tenant", required=True, metavar="T", help=_("the ward the batch belongs to"))
     p.set_defaults(run=cmd_dvd_import)
 
     p = sub.add_parser(
-        "batches", help="list the batches in the spool (table on a terminal, JSON lines otherwise)"
+        "batches",
+        help=_("list the batches in the spool (table on a terminal, JSON lines otherwise)"),
     )
     p.set_defaults(run=cmd_batches)
 
@@ -59,7 +68,8 @@ def cmd_dvd_import(args: argparse.Namespace) -> int:
     tenant = args.tenant
     if not TENANT_RE.fullmatch(tenant):
         raise UsageError(
-            f"invalid tenant {tenant[:40]!r}", hint="2-32 characters: a-z first, then a-z 0-9 -"
+            _("invalid tenant {tenant}").format(tenant=repr(tenant[:40])),
+            hint=_("2-32 characters: a-z first, then a-z 0-9 -"),
         )
     actor = operator()
     spool = Spool(cfg.path(cfg.printsite.spool))
@@ -107,14 +117,24 @@ def cmd_dvd_import(args: argparse.Namespace) -> int:
     serials = ", ".join(done.serials)
     if done.already_present:
         print(
-            f"{arrival.batch_id} was already imported"
-            f" (arrived {_jst(arrival)}, SHA-256 {arrival.sha256}); nothing changed",
+            _(
+                "{batch} was already imported (arrived {arrived}, SHA-256 {sha256});"
+                " nothing changed"
+            ).format(batch=arrival.batch_id, arrived=_jst(arrival), sha256=arrival.sha256),
             file=sys.stderr,
         )
     else:
         print(
-            f"imported {arrival.batch_id} for {arrival.tenant} from disc(s) {serials}:"
-            f" {arrival.size} bytes, SHA-256 {arrival.sha256}",
+            _(
+                "imported {batch} for {tenant} from disc(s) {serials}:"
+                " {size} bytes, SHA-256 {sha256}"
+            ).format(
+                batch=arrival.batch_id,
+                tenant=arrival.tenant,
+                serials=serials,
+                size=arrival.size,
+                sha256=arrival.sha256,
+            ),
             file=sys.stderr,
         )
     return EXIT_OK
@@ -125,7 +145,11 @@ def cmd_batches(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     spool = Spool(cfg.path(cfg.printsite.spool))
     work_dir = cfg.path(cfg.printsite.work_dir)
-    rows = [(a, batch_state(a, work_dir)) for a in spool.list()]
+    journaled = journaled_erasures(cfg)
+    rows = [
+        (a, batch_state(a, work_dir, journaled=a.batch_id in journaled))
+        for a in spool.list(erasing=journaled)
+    ]
     if sys.stdout.isatty():
         _print_table(rows)
         return EXIT_OK
@@ -144,14 +168,28 @@ def cmd_batches(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def journaled_erasures(cfg: config_mod.GatewayConfig) -> set[str]:
+    """The batches whose erasure the state database records, finished or not (none without one).
+
+    Raises:
+        StateError: the database cannot be read.
+    """
+    database = cfg.path(cfg.state.database)
+    if not database.exists():
+        return set()
+    with StateStore.open(database, create=False) as store:
+        return {record.batch_id for record in store.erasures()}
+
+
 @contextmanager
 def _audit_log(cfg: config_mod.GatewayConfig) -> Iterator[AuditLog]:
     """The print site's audit log; its signing key and log must exist (``init`` made them)."""
     key = load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
     log = cfg.path(cfg.audit.log)
     if not log.is_file():
-        file = str(cfg.source) if cfg.source else "(defaults)"
-        raise ConfigError(file, "audit.log", f"{log} does not exist ({INIT_HINT})")
+        file = str(cfg.source) if cfg.source else _("(defaults)")
+        message = _("{path} does not exist ({hint})").format(path=log, hint=init_hint())
+        raise ConfigError(file, "audit.log", message)
     audit = AuditLog.open(
         log,
         cfg.path(cfg.audit.checkpoints),
@@ -167,9 +205,10 @@ def _audit_log(cfg: config_mod.GatewayConfig) -> Iterator[AuditLog]:
 
 
 def _reason(exc: Exception) -> str:
+    """Why the import failed, in English whatever the language (the audit log's ``reason``)."""
     if isinstance(exc, OSError):
         return f"{exc.filename or 'I/O'}: {exc.strerror or exc}"
-    return str(exc)
+    return english(exc)
 
 
 def _jst(arrival: Arrival) -> str:
@@ -190,10 +229,11 @@ def _print_table(rows: list[tuple[Arrival, BatchState]]) -> None:
     from rich.table import Table
 
     if not rows:
-        Console().print("no batches in the spool")
+        Console().print(_("no batches in the spool"))
         return
     table = Table()
-    for header in ("batch", "tenant", "channel", "state", "size", "arrived (JST)"):
+    headers = (_("batch"), _("tenant"), _("channel"), _("state"), _("size"), _("arrived (JST)"))
+    for header in headers:
         table.add_column(header, no_wrap=True)
     for arrival, state in rows:
         table.add_row(

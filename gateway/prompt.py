@@ -8,6 +8,7 @@ import os
 import sys
 
 from gateway.errors import UsageError
+from gateway.i18n import _
 
 MAX_SECRET_BYTES = 4096
 
@@ -25,7 +26,9 @@ def read_secret(fd: int | None, prompt: str, *, option: str) -> str:
     """
     if fd is None:
         if not sys.stdin.isatty():
-            raise UsageError("no terminal to ask on", hint=f"give {option} N")
+            raise UsageError(
+                _("no terminal to ask on"), hint=_("give {option} N").format(option=option)
+            )
         return getpass.getpass(prompt)
     chunks: list[bytes] = []
     size = 0
@@ -36,11 +39,13 @@ def read_secret(fd: int | None, prompt: str, *, option: str) -> str:
             if b"\n" in block:
                 break
     except OSError as exc:
-        raise UsageError(f"cannot read file descriptor {fd}: {exc.strerror}") from None
+        raise UsageError(
+            _("cannot read file descriptor {fd}: {reason}").format(fd=fd, reason=exc.strerror)
+        ) from None
     if size > MAX_SECRET_BYTES:
-        raise UsageError(f"file descriptor {fd} holds more than a secret")
+        raise UsageError(_("file descriptor {fd} holds more than a secret").format(fd=fd))
     line = b"".join(chunks).split(b"\n", 1)[0].rstrip(b"\r")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"file descriptor {fd} does not hold UTF-8 text") from None
+        raise UsageError(_("file descriptor {fd} does not hold UTF-8 text").format(fd=fd)) from None

@@ -54,6 +54,7 @@ from gateway.certificates import MAX_CERTIFICATE_BYTES
 from gateway.config import GatewayConfig
 from gateway.destinations import read_regular
 from gateway.errors import ConfigError, GatewayError
+from gateway.i18n import _
 from gateway.policy import NameKind
 from gateway.relay import (
     BLOCK_BYTES,
@@ -107,12 +108,12 @@ def settings(config: GatewayConfig) -> PullSettings:
             the private key missing or readable by others (exit 78).
     """
     pull = config.pull
-    file = str(config.source) if config.source else "(defaults)"
+    file = str(config.source) if config.source else _("(defaults)")
     for name in ("host", "user"):
         if not getattr(pull, name):
-            raise ConfigError(file, f"pull.{name}", "is not set (the gateway to pull from)")
+            raise ConfigError(file, f"pull.{name}", _("is not set (the gateway to pull from)"))
     if pull.tenant and not policy.TENANT_RE.fullmatch(pull.tenant):
-        raise ConfigError(file, "pull.tenant", "is not a tenant name")
+        raise ConfigError(file, "pull.tenant", _("is not a tenant name"))
     peer = Peer(
         host=pull.host,
         port=pull.port,
@@ -156,7 +157,9 @@ def pull(config: PullSettings, password: str, *, progress: Progress | None = Non
             except (GatewayError, OSError) as exc:  # the spool refused or failed
                 if getattr(exc, "exit_code", 1) == EXIT_TEMPORARY:
                     raise  # busy: another pull of this batch is running
-                report.refused[batch_id] = f"{batch_id}: spool: {exc}; not confirmed"
+                report.refused[batch_id] = _("{batch}: spool: {reason}; not confirmed").format(
+                    batch=batch_id, reason=exc
+                )
             else:
                 report.pulled.append(batch_id)
         upload_certificates(link, config, listing, report)
@@ -168,14 +171,26 @@ def _pull_one(
 ) -> None:
     receipt = link.read_small(f"{OUTBOX}/{policy.file_name(batch_id, NameKind.RECEIPT)}")
     if receipt is None:
-        raise _refused(batch_id, "no receipt in /outbox", "no_receipt")
+        raise _refused(
+            _("{batch}: no receipt in /outbox; not confirmed").format(batch=batch_id), "no_receipt"
+        )
     body = check_receipt(receipt, config.receipt_key, batch_id)
     size, sha256, tenant = body["size"], str(body["sha256"]), body.get("tenant")
     assert isinstance(size, int)  # checked by check_receipt
     if not isinstance(tenant, str) or (config.tenant and tenant != config.tenant):
-        raise _refused(batch_id, f"the receipt is for tenant {tenant!r}", "wrong_tenant")
+        raise _refused(
+            _("{batch}: the receipt is for tenant {tenant}; not confirmed").format(
+                batch=batch_id, tenant=repr(tenant)
+            ),
+            "wrong_tenant",
+        )
     if size != listed:
-        raise _refused(batch_id, f"/outbox holds {listed} bytes, the receipt says {size}", "size")
+        raise _refused(
+            _(
+                "{batch}: /outbox holds {listed} bytes, the receipt says {size}; not confirmed"
+            ).format(batch=batch_id, listed=listed, size=size),
+            "size",
+        )
     spool = Spool(config.spool)
     present = spool.get(batch_id)
     erased = os.path.lexists(config.spool / policy.file_name(batch_id, NameKind.ERASURE))
@@ -189,7 +204,12 @@ def _pull_one(
                 expected_sha256=sha256, source_detail=body,
             )  # fmt: skip
     elif present.sha256 != sha256:
-        raise _refused(batch_id, "the spool holds a different file under this id", "conflict")
+        raise _refused(
+            _("{batch}: the spool holds a different file under this id; not confirmed").format(
+                batch=batch_id
+            ),
+            "conflict",
+        )
     link.remove(f"{OUTBOX}/{policy.file_name(batch_id, NameKind.COMPLETE)}")
     _staging_path(config.spool, batch_id).unlink(missing_ok=True)
 
@@ -206,7 +226,9 @@ def _download(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LinkError(
-                f"{batch_id}: another pull is downloading it", reason="busy", retryable=True
+                _("{batch}: another pull is downloading it").format(batch=batch_id),
+                reason="busy",
+                retryable=True,
             ) from None
         have = os.fstat(fd).st_size
         if have > size:
@@ -215,7 +237,8 @@ def _download(
         digest = hashlib.sha256()
         _hash_file(out, have, digest)
         out.seek(have)
-        shown = progress(f"pulling {batch_id}", size - have) if progress else nullcontext(None)
+        label = _("pulling {batch}").format(batch=batch_id)
+        shown = progress(label, size - have) if progress else nullcontext(None)
         with shown as advance:
 
             def sink(data: bytes) -> None:
@@ -230,7 +253,12 @@ def _download(
         complete = out.tell() == size and digest.hexdigest() == sha256
     if not complete:
         staged.unlink(missing_ok=True)
-        raise _refused(batch_id, "the download does not match the signed receipt", "sha256")
+        raise _refused(
+            _("{batch}: the download does not match the signed receipt; not confirmed").format(
+                batch=batch_id
+            ),
+            "sha256",
+        )
     return staged
 
 
@@ -262,7 +290,12 @@ def upload_certificates(
             continue  # the gateway acknowledged it on an earlier run
         try:
             if len(data) > MAX_CERTIFICATE_BYTES:
-                raise _refused(batch_id, "the erasure certificate is too large", "too_large")
+                raise _refused(
+                    _("{batch}: the erasure certificate is too large; not confirmed").format(
+                        batch=batch_id
+                    ),
+                    "too_large",
+                )
             _upload_certificate(link, batch_id, f"{OUTBOX}/{name}", data, name in listing)
         except LinkError as exc:
             if exc.retryable and not link.active:
@@ -284,16 +317,30 @@ def _upload_certificate(link: Link, batch_id: str, path: str, data: bytes, liste
             failure = exc  # perhaps an identical one is there already: read it back
     there = link.read_small(path, MAX_CERTIFICATE_BYTES)
     if there is None:
-        why = f": {failure}" if failure is not None else " (see its audit log)"
+        if failure is not None:
+            message = _("{batch}: the gateway refused the erasure certificate: {reason}").format(
+                batch=batch_id, reason=failure
+            )
+        else:
+            message = _(
+                "{batch}: the gateway refused the erasure certificate (see its audit log)"
+            ).format(batch=batch_id)
         raise LinkError(
-            f"{batch_id}: the gateway refused the erasure certificate{why}",
+            message,
             reason="certificate_refused",
             retryable=False,
-            hint="tell the gateway's operator: its tenant route must pin this print site's "
-            "signing key as receipt_key",
+            hint=_(
+                "tell the gateway's operator: its tenant route must pin this print site's "
+                "signing key as receipt_key"
+            ),
         )
     if there != data:
-        raise _refused(batch_id, "the gateway holds a different erasure certificate", "conflict")
+        raise _refused(
+            _("{batch}: the gateway holds a different erasure certificate; not confirmed").format(
+                batch=batch_id
+            ),
+            "conflict",
+        )
 
 
 def _from_gateway(config: PullSettings, batch_id: str, gateway_key: str) -> bool:
@@ -318,7 +365,7 @@ def _hash_file(handle: io.BufferedRandom, length: int, digest: hashlib._Hash) ->
     while left:
         data = handle.read(min(BLOCK_BYTES, left))
         if not data:
-            raise GatewayError("the staged download shrank while being read")
+            raise GatewayError(_("the staged download shrank while being read"))
         digest.update(data)
         left -= len(data)
 
@@ -327,5 +374,6 @@ def _staging_path(spool: Path, batch_id: str) -> Path:
     return spool / STAGING_DIR / policy.file_name(batch_id, NameKind.PART)
 
 
-def _refused(batch_id: str, message: str, reason: str) -> LinkError:
-    return LinkError(f"{batch_id}: {message}; not confirmed", reason=reason, retryable=False)
+def _refused(message: str, reason: str) -> LinkError:
+    """A non-retryable refusal; ``message`` names the batch and says it is not confirmed."""
+    return LinkError(message, reason=reason, retryable=False)

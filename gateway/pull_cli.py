@@ -20,6 +20,7 @@ from typing import Any
 from gateway import config as config_mod
 from gateway import pull
 from gateway.errors import GatewayError
+from gateway.i18n import _, ngettext
 from gateway.prompt import read_secret
 from gateway.ui import progress_bar
 
@@ -29,9 +30,9 @@ EXIT_OK = 0
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``pull`` to the top-level subcommands."""
     p = sub.add_parser(
-        "pull", help="fetch this print site's batches from the gateway's /outbox (pull mode)"
+        "pull", help=_("fetch this print site's batches from the gateway's /outbox (pull mode)")
     )
-    p.add_argument("--password-fd", type=int, metavar="N", help="read the password from fd N")
+    p.add_argument("--password-fd", type=int, metavar="N", help=_("read the password from fd N"))
     p.set_defaults(run=cmd_pull)
 
 
@@ -40,7 +41,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     settings = pull.settings(cfg)
     password = read_secret(
-        args.password_fd, f"Password for {settings.peer.user}: ", option="--password-fd"
+        args.password_fd,
+        _("Password for {user}: ").format(user=settings.peer.user),
+        option="--password-fd",
     )
     report = pull.pull(settings, password, progress=progress_bar)
     for batch_id in report.pulled:
@@ -48,11 +51,18 @@ def cmd_pull(args: argparse.Namespace) -> int:
     for batch_id in report.certificates:
         print(f"{batch_id}.erasure.json", flush=True)
     for reason in report.refused.values():
-        print(f"lgwan-gateway: error: {reason}", file=sys.stderr)
+        print(f"lgwan-gateway: {_('error')}: {reason}", file=sys.stderr)
     if report.refused:
+        count = len(report.refused)
         raise GatewayError(
-            f"{len(report.refused)} batch(es) or erasure certificate(s) were not accepted",
-            hint="batches stay in the gateway's /outbox and certificates in the spool "
-            "(sent again on the next pull); tell the gateway's operator",
+            ngettext(
+                "{count} batch or erasure certificate was not accepted",
+                "{count} batches or erasure certificates were not accepted",
+                count,
+            ).format(count=count),
+            hint=_(
+                "batches stay in the gateway's /outbox and certificates in the spool "
+                "(sent again on the next pull); tell the gateway's operator"
+            ),
         )
     return EXIT_OK

@@ -19,6 +19,12 @@ A crash between 2 and 4 leaves ``X.age`` without a database row, and one
 between 4 and 5 a row without a receipt; :meth:`Completer.recover` (run when
 the server starts) renames the first back to ``.part`` and signs the missing
 receipts, so no completed file ever exists without its record and receipt.
+
+A receipt that could not be written while the gateway runs (a full disk: the
+ward's rename fails, "try again later") does not wait for a restart: the
+forwarder calls :func:`ensure_receipt` for every RECEIVED batch it looks at, which
+signs a receipt still missing :data:`RECEIPT_GRACE_SECONDS` after the batch was
+recorded — once there is room again, the ward's next ``send`` finds it.
 """
 
 import time
@@ -49,6 +55,11 @@ RECEIPT_FIELDS = (
     "gateway_key",
 )
 """The body of a receipt, exactly these fields."""
+RECEIPT_GRACE_SECONDS = 10.0
+"""How long a RECEIVED batch may lack its receipt before :func:`ensure_receipt` signs it.
+
+The completion writes the receipt within milliseconds of the database row; a
+receipt still missing after this long is one whose writing failed."""
 
 
 class CompletionError(GatewayError):
@@ -91,6 +102,53 @@ def sign_receipt(batch: BatchRecord, key: Ed25519PrivateKey) -> bytes:
     return dumps_record(sign_record(KIND_RECEIPT, body, key))
 
 
+def write_receipt(
+    storage: Storage,
+    audit: AuditLog,
+    batch: BatchRecord,
+    key: Ed25519PrivateKey,
+    fields: Mapping[str, object],
+) -> None:
+    """Write ``/receipts/<batch>.receipt.json`` (atomically) and audit ``receipt_signed``.
+
+    Raises:
+        StorageError: the receipts area cannot be written (a full disk).
+    """
+    name = file_name(batch.batch_id, NameKind.RECEIPT)
+    storage.write_file(batch.tenant, Area.RECEIPTS, name, sign_receipt(batch, key))
+    audit.emit(
+        "receipt_signed",
+        **{**fields, "path": f"/receipts/{name}"},
+        gateway_key=fingerprint(key.public_key()),
+    )
+
+
+def ensure_receipt(
+    storage: Storage,
+    audit: AuditLog,
+    batch: BatchRecord,
+    key: Callable[[], Ed25519PrivateKey],
+    now: datetime,
+) -> bool:
+    """Whether the RECEIVED ``batch`` has its receipt, signing one its completion could not write.
+
+    A receipt missing for less than :data:`RECEIPT_GRACE_SECONDS` may still be
+    on its way (False); one missing longer is signed now with ``key()`` and
+    audited ``receipt_signed`` with ``reason`` ``receipt_missing``.
+
+    Raises:
+        StorageError: still no room for it (the caller tries again later).
+    """
+    name = file_name(batch.batch_id, NameKind.RECEIPT)
+    if storage.exists(batch.tenant, Area.RECEIPTS, name):
+        return True
+    if (now - batch.received_at).total_seconds() < RECEIPT_GRACE_SECONDS:
+        return False
+    fields = {"tenant": batch.tenant, "batch": batch.batch_id, "reason": "receipt_missing"}
+    write_receipt(storage, audit, batch, key(), fields)
+    return True
+
+
 def _now() -> datetime:
     return datetime.now().astimezone()
 
@@ -111,7 +169,6 @@ class Completer:
         self._storage = storage
         self._store = store
         self._key = signing_key
-        self._key_fingerprint = fingerprint(signing_key.public_key())
         self._audit = audit
         self._queue = queue
         self._clock = clock
@@ -204,23 +261,15 @@ class Completer:
         )
 
     def _write_receipt(self, batch: BatchRecord, fields: Mapping[str, object]) -> None:
-        name = file_name(batch.batch_id, NameKind.RECEIPT)
         try:
-            self._storage.write_file(
-                batch.tenant, Area.RECEIPTS, name, sign_receipt(batch, self._key)
-            )
+            write_receipt(self._storage, self._audit, batch, self._key, fields)
         except StorageError as exc:
             raise CompletionError(
                 "receipt_failed",
-                "the batch was received but its receipt could not be written yet; "
-                "it will be signed when the gateway restarts",
+                "the batch was received but its receipt could not be written yet "
+                "(it is signed once the gateway has room); try again later",
                 refused=False,
             ) from exc
-        self._audit.emit(
-            "receipt_signed",
-            **{**fields, "path": f"/receipts/{name}"},
-            gateway_key=self._key_fingerprint,
-        )
 
     def recover(self) -> int:
         """Repair what a crash mid-completion left behind; return how many files were fixed.

@@ -113,8 +113,18 @@ class Peer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def connect(peer: Peer, key: Ed25519PrivateKey, password: str | None = None) -> Link:
+def connect(
+    peer: Peer,
+    key: Ed25519PrivateKey,
+    password: str | None = None,
+    *,
+    opened: Callable[[socket.socket], None] | None = None,
+) -> Link:
     """Connect, check the pinned host key, log in (``password`` first when given), open SFTP.
+
+    ``opened`` is handed the TCP socket as soon as it is connected, so another
+    thread can cut the connection (``shutdown``) while the handshake or the
+    login waits for a peer that does not answer (the forwarder's stop).
 
     Raises:
         LinkError: unreachable or dropped (retryable); a changed host key, no
@@ -126,6 +136,8 @@ def connect(peer: Peer, key: Ed25519PrivateKey, password: str | None = None) -> 
         raise LinkError(
             f"cannot reach {peer.address}: {_describe(exc)}", reason="unreachable", retryable=True
         ) from None
+    if opened is not None:
+        opened(sock)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(
         sock, default_window_size=WINDOW_BYTES, default_max_packet_size=MAX_PACKET_BYTES

@@ -4,6 +4,12 @@ Split out of :mod:`gateway.relay` (which re-exports :class:`SftpDestination`); t
 protocol is described in that module's docstring. paramiko is not imported here:
 the SSH/SFTP client side is :class:`gateway.relay.Link`.
 
+The forwarder's stop calls :meth:`SftpDestination.interrupt`: a print site that
+accepts the connection but never answers (or stops answering mid-delivery)
+would otherwise hold ``serve``'s SIGTERM for up to ``connect_timeout_seconds``;
+the connection in use is cut at once and the delivery fails ``interrupted``
+(retryable: it is delivered again at the next start).
+
 The same kept connection reads back the print site's erasure certificates,
 ``/receipts/<batch>.erasure.json`` (the forwarder account may read them there):
 :meth:`SftpDestination.fetch_certificates`, one login for all of a pass's batches.
@@ -12,6 +18,7 @@ The same kept connection reads back the print site's erasure certificates,
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -79,6 +86,9 @@ class SftpDestination:
         self._inbox = INBOX
         self._lock = threading.Lock()
         self._link: Link | None = None
+        self._cut_lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._interrupted = False
 
     def __repr__(self) -> str:
         """The route only (nothing secret)."""
@@ -108,19 +118,52 @@ class SftpDestination:
             return {}
         return self._over_link(lambda link: _fetch(link, batch_ids))
 
+    def interrupt(self) -> None:
+        """Cut the connection in use and refuse new work until :meth:`resume` (another thread).
+
+        A delivery or certificate poll under way fails with the retryable
+        ``interrupted``; so does every later one until :meth:`resume`.
+        """
+        with self._cut_lock:
+            self._interrupted = True
+            sock = self._socket
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def resume(self) -> None:
+        """Take work again after :meth:`interrupt` (the forwarder started again)."""
+        with self._cut_lock:
+            self._interrupted = False
+
+    def _opened(self, sock: socket.socket) -> None:
+        """The socket of a new connection: remember it for :meth:`interrupt` (or cut it now)."""
+        with self._cut_lock:
+            self._socket = sock
+            cut = self._interrupted
+        if cut:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted:
+            raise DeliveryError(True, "interrupted", "the gateway is stopping")
+
     def _over_link(self, work: Callable[[Link], T]) -> T:
         """Run ``work`` over the kept connection (opened, or replaced once when found dead)."""
         with self._lock:
             for attempt in range(2):
+                self._check_interrupted()
                 reused = self._link is not None and self._link.active
                 try:
                     if not reused:
                         self._close_link()
-                        self._link = connect(self._peer, self._key)
+                        self._link = connect(self._peer, self._key, opened=self._opened)
                     assert self._link is not None
                     return work(self._link)
                 except LinkError as exc:
                     self._close_link()
+                    self._check_interrupted()
                     if reused and attempt == 0 and exc.reason == "connection_lost":
                         continue  # the kept connection had died (idle timeout): a fresh one
                     raise DeliveryError(exc.retryable, exc.reason, str(exc)) from None
@@ -137,6 +180,8 @@ class SftpDestination:
             self._close_link()
 
     def _close_link(self) -> None:
+        with self._cut_lock:
+            self._socket = None
         if self._link is not None:
             link, self._link = self._link, None
             link.close()

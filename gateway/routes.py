@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from gateway.i18n import _
+
 TENANT_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _USER_RE = re.compile(r"^[a-z][a-z0-9._-]{1,31}$")
 DEFAULT_SFTP_PORT = 22
@@ -83,25 +85,29 @@ def parse_route(value: str) -> Route:
         return Route(RouteKind.PULL)
     parts = urlsplit(value)
     if parts.query or parts.fragment:
-        raise ValueError("a forward URL takes no query or fragment")
+        raise ValueError(_("a forward URL takes no query or fragment"))
     if parts.scheme == "file":
         path = unquote(parts.path)
         if parts.netloc not in ("", "localhost") or not PurePosixPath(path).is_absolute():
-            raise ValueError("file:// needs an absolute local path, e.g. file:///srv/spool")
+            raise ValueError(_("file:// needs an absolute local path, e.g. file:///srv/spool"))
         if ".." in PurePosixPath(path).parts:
-            raise ValueError("file:// path must not contain '..'")
+            raise ValueError(_("file:// path must not contain '..'"))
         return Route(RouteKind.FILE, path=path)
     if parts.scheme == "sftp":
         user, host = parts.username or "", parts.hostname or ""
         if parts.password is not None:
-            raise ValueError("sftp:// must not carry a password (key authentication only)")
+            raise ValueError(_("sftp:// must not carry a password (key authentication only)"))
         if not _USER_RE.fullmatch(user) or not host:
-            raise ValueError("sftp:// needs user@host, e.g. sftp://printsite@10.0.0.5:22/inbox")
+            raise ValueError(_("sftp:// needs user@host, e.g. sftp://printsite@10.0.0.5:22/inbox"))
         try:
             port = parts.port or DEFAULT_SFTP_PORT
         except ValueError:
-            raise ValueError("sftp:// port must be 1-65535") from None
+            raise ValueError(_("sftp:// port must be 1-65535")) from None
         return Route(
             RouteKind.SFTP, path=unquote(parts.path) or "/", user=user, host=host, port=port
         )
-    raise ValueError(f"unknown forward scheme {parts.scheme or value!r} (file://, sftp:// or pull)")
+    raise ValueError(
+        _("unknown forward scheme {scheme} (file://, sftp:// or pull)").format(
+            scheme=repr(parts.scheme or value)
+        )
+    )

@@ -19,6 +19,7 @@ from typing import Any
 from gateway import app
 from gateway import config as config_mod
 from gateway.errors import GatewayError, UsageError
+from gateway.i18n import _
 from gateway.server import DropServer
 from gateway.watcher import Watcher
 
@@ -28,10 +29,11 @@ EXIT_OK = 0
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
     """Add ``serve`` to the top-level subcommands."""
     p = sub.add_parser(
-        "serve", help="run the SFTP drop service and the forwarder (foreground; SIGTERM stops it)"
+        "serve",
+        help=_("run the SFTP drop service and the forwarder (foreground; SIGTERM stops it)"),
     )
     p.add_argument(
-        "--listen", metavar="HOST:PORT", help="address to listen on (default: [server] listen)"
+        "--listen", metavar="HOST:PORT", help=_("address to listen on (default: [server] listen)")
     )
     p.set_defaults(run=cmd_serve)
 
@@ -42,7 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         host, port = config_mod.parse_listen(args.listen or cfg.server.listen)
     except ValueError as exc:
-        raise UsageError(f"--listen: {exc}", hint="give HOST:PORT, e.g. 127.0.0.1:2222") from None
+        raise UsageError(
+            f"--listen: {exc}", hint=_("give HOST:PORT, e.g. 127.0.0.1:2222")
+        ) from None
     gateway = app.build(cfg)
     try:
         forwarder = gateway.forwarder
@@ -58,8 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bound_host, bound_port = server.bind()
         except OSError as exc:
             raise GatewayError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                hint="is another server running there? choose another --listen",
+                _("cannot listen on {host}:{port}: {reason}").format(
+                    host=host, port=port, reason=exc.strerror or exc
+                ),
+                hint=_("is another server running there? choose another --listen"),
             ) from None
 
         def _stop(signum: int, _frame: FrameType | None) -> None:

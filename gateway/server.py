@@ -26,6 +26,20 @@ Caps, refused at accept with ``connection_refused``: ``max_connections_per_sourc
 yet logged in, all sources). ``max_sessions_per_account`` (logged-in connections
 per account) is checked at the key step and again when the login is confirmed.
 
+Slowloris: when ``max_unauthenticated`` is reached, a new connection is not
+refused outright if an *idle* waiting connection can make room — one older than
+:data:`EVICT_AFTER_SECONDS`, with no login step running or passed, from the
+address holding the most waiting connections (the oldest of them), and only if
+that address holds at least as many as the newcomer's would. It is closed
+(``connection_closed``, reason ``evicted_idle``) and the newcomer takes its
+place, so idle connections cannot keep a ward out while they last; the cap
+still holds. A connection whose password step failed
+:data:`gateway.sftp_server.MAX_PASSWORD_FAILURES` times is closed (``too_many_auth_failures``).
+
+Password checks (an argon2id hash each) pass through :class:`LoginGate`: a few
+at a time, addresses without recent failures first, so a flood of wrong logins
+queues behind itself and not in front of a ward.
+
 Background services (the forwarder and the file watcher in ``serve``) are
 started by :meth:`DropServer.serve_forever` once the completion recovery has
 run, and stopped by it after the connections are closed, in reverse order.
@@ -37,13 +51,16 @@ the gateway (final audit checkpoint) to the caller.
 """
 
 import contextlib
+import heapq
+import itertools
 import os
 import secrets
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +73,94 @@ TICK_SECONDS = 0.05
 STOP_GRACE_SECONDS = 30.0
 """How long :meth:`DropServer.stop` waits for connection threads to finish."""
 LISTEN_BACKLOG = 128
+EVICT_AFTER_SECONDS = 2.0
+"""Age after which an idle waiting connection may make room for a new one (slowloris)."""
+LOGIN_SLOTS = max(2, os.cpu_count() or 2)
+"""Password checks run at once (as many as :mod:`gateway.accounts` hashes at once)."""
+PENALTY_WINDOW_SECONDS = 60.0
+"""How long a failed login weighs on its address's place in the :class:`LoginGate` queue."""
+PENALTY_SOURCES = 4096
+"""Addresses the gate remembers failures of (the most failing are kept)."""
+GATE_WAIT_TICK = 0.25
+"""How often a queued password check looks whether its connection was cut."""
+
+
+class LoginGate:
+    """Admits password checks :data:`LOGIN_SLOTS` at a time, least failing addresses first.
+
+    A password check costs an argon2id hash (about 0.15 s of one core). Under a
+    flood of wrong logins the checks queue; first come, first served, a ward
+    would wait behind every queued guess. Here waiters are ordered by the failed
+    logins their address had in the last one to two minutes, then by arrival, so
+    an address that has not been failing goes first and waits at most for the
+    checks already running. A waiter whose connection is cut gives up.
+    """
+
+    def __init__(
+        self, slots: int = LOGIN_SLOTS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._slots = slots
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._running = 0
+        self._queue: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
+        self._failures: dict[str, tuple[int, int, int]] = {}
+
+    def _window(self) -> int:
+        return int(self._clock() // PENALTY_WINDOW_SECONDS)
+
+    def penalty(self, ip: str) -> int:
+        """Failed logins of ``ip`` in this window and the one before."""
+        with self._cond:
+            return self._penalty(ip, self._window())
+
+    def _penalty(self, ip: str, window: int) -> int:
+        seen = self._failures.get(ip)
+        if seen is None or seen[0] < window - 1:
+            return 0
+        return seen[1] + seen[2] if seen[0] == window else seen[1]
+
+    def enter(self, ip: str, cancelled: Callable[[], bool]) -> bool:
+        """Wait for a slot; False (no slot taken) once ``cancelled()`` says to give up."""
+        with self._cond:
+            ticket = (self._penalty(ip, self._window()), next(self._tickets))
+            heapq.heappush(self._queue, ticket)
+            while self._running >= self._slots or self._queue[0] != ticket:
+                if cancelled():
+                    self._queue.remove(ticket)
+                    heapq.heapify(self._queue)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(GATE_WAIT_TICK)
+            heapq.heappop(self._queue)
+            self._running += 1
+            self._cond.notify_all()
+            return True
+
+    def leave(self) -> None:
+        """Give the slot taken by :meth:`enter` back."""
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    def failed(self, ip: str) -> None:
+        """Note a failed login from ``ip`` (it queues later for a while)."""
+        with self._cond:
+            window = self._window()
+            seen = self._failures.get(ip)
+            if seen is None or seen[0] < window - 1:
+                self._failures[ip] = (window, 1, 0)
+            elif seen[0] == window - 1:
+                self._failures[ip] = (window, 1, seen[1])
+            else:
+                self._failures[ip] = (window, seen[1] + 1, seen[2])
+            if len(self._failures) > PENALTY_SOURCES:
+                kept = sorted(
+                    (item for item in self._failures.items() if item[1][0] >= window - 1),
+                    key=lambda item: -self._penalty(item[0], window),
+                )
+                self._failures = dict(kept[: PENALTY_SOURCES // 2])
 
 
 class Service(Protocol):
@@ -85,6 +190,8 @@ class Connection:
     key_fingerprint: str | None = None
     logged_in: bool = False
     close_reason: str | None = None
+    evicted: bool = False
+    password_failures: int = 0
     channels: int = 0
     sftp_sessions: int = 0
     busy: int = 0
@@ -153,6 +260,7 @@ class DropServer:
         os.set_blocking(self._wake_w, False)
         self._listener: socket.socket | None = None
         self._reaper = threading.Thread(target=self._reap_loop, name="reaper", daemon=True)
+        self.login_gate = LoginGate()
         self.host_key = sftp_server.server_host_key(gateway.host_key)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -247,7 +355,9 @@ class DropServer:
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(secrets.token_hex(8), str(address[0]), int(address[1]))
-        refusal = self._admit_connection(conn)
+        refusal, evicted = self._admit_connection(conn)
+        if evicted is not None:
+            evicted.close("evicted_idle")
         if refusal is not None:
             self.gateway.audit.emit("connection_refused", **conn.fields(), reason=refusal)
             sock.close()
@@ -263,18 +373,42 @@ class DropServer:
             sock.close()
             self._forget(conn)
 
-    def _admit_connection(self, conn: Connection) -> str | None:
+    def _admit_connection(self, conn: Connection) -> tuple[str | None, Connection | None]:
+        """Admit ``conn`` or say why not; also the idle connection it replaces, if any."""
+        evicted = None
         with self._lock:
             if self._stopping.is_set():
-                return "server_stopping"
+                return "server_stopping", None
             if self._per_source.get(conn.ip, 0) >= self._cfg.max_connections_per_source:
-                return "max_connections_per_source"
-            pending = sum(1 for c in self._connections if not c.logged_in)
-            if pending >= self._cfg.max_unauthenticated:
-                return "max_unauthenticated"
+                return "max_connections_per_source", None
+            # Evicted connections are on their way out (no login step is running in them).
+            pending = [c for c in self._connections if not c.logged_in and not c.evicted]
+            if len(pending) >= self._cfg.max_unauthenticated:
+                evicted = self._idle_victim(pending, conn.ip)
+                if evicted is None:
+                    return "max_unauthenticated", None
+                evicted.evicted = True
             self._connections.add(conn)
             self._per_source[conn.ip] = self._per_source.get(conn.ip, 0) + 1
-        return None
+        return None, evicted
+
+    @staticmethod
+    def _idle_victim(pending: list[Connection], ip: str) -> Connection | None:
+        """The idle waiting connection that may make room for one from ``ip`` (see above)."""
+        now = time.monotonic()
+        per_source = Counter(c.ip for c in pending)
+        idle = [
+            c
+            for c in pending
+            if c.close_reason is None
+            and not c.busy
+            and c.password_user is None
+            and now - c.accepted_at >= EVICT_AFTER_SECONDS
+        ]
+        if not idle:
+            return None
+        victim = max(idle, key=lambda c: (per_source[c.ip], -c.accepted_at))
+        return victim if per_source[victim.ip] >= per_source[ip] + 1 else None
 
     def _forget(self, conn: Connection) -> bool:
         with self._lock:
@@ -377,6 +511,8 @@ class DropServer:
                 return
             if now - conn.accepted_at > self._cfg.login_grace_seconds:
                 conn.close("login_grace_timeout")
+            elif conn.password_failures >= sftp_server.MAX_PASSWORD_FAILURES:
+                conn.close("too_many_auth_failures")
         elif not conn.busy and now - conn.last_activity > self._cfg.idle_timeout_seconds:
             conn.close("idle_timeout")
 

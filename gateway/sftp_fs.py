@@ -1,8 +1,10 @@
 """The paramiko adapter, SFTP half: the virtual filesystem of one logged-in account.
 
-paramiko is imported only by gateway/sftp_server.py and gateway/sftp_fs.py (server side),
-gateway/relay.py (client side). :mod:`gateway.sftp_server` holds the SSH transport,
-login and channel decisions and starts :class:`_SFTPServer` for the ``sftp`` subsystem.
+paramiko is imported only by gateway/sftp_server.py, gateway/sftp_protocol.py and
+gateway/sftp_fs.py (server side), gateway/relay.py (client side). :mod:`gateway.sftp_server`
+holds the SSH transport, login and channel decisions and starts
+:class:`gateway.sftp_protocol.SFTPProtocol` (the hardened request loop) for the ``sftp``
+subsystem, which hands requests to :class:`_SFTP` here.
 
 - SFTP: every handler returns a status code, never raises; exceptions become
   codes in one place, :func:`_to_sftp_code`. Paths go through
@@ -29,7 +31,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import paramiko
-from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_NAME, CMD_REALPATH
 
 from gateway import policy
 from gateway.certificates import MAX_CERTIFICATE_BYTES, CertificateError
@@ -110,76 +111,6 @@ def _file_attributes(stored: StoredFile) -> paramiko.SFTPAttributes:
     return _attributes(stored.name, mode, stored.size, stored.mtime)
 
 
-class _SFTPServer(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is untyped
-    """paramiko's SFTP loop with our status messages, REALPATH errors and activity tracking."""
-
-    def __init__(
-        self, channel: paramiko.Channel, name: str, server: "_Interface", **kw: Any
-    ) -> None:
-        super().__init__(channel, name, server, **kw)
-        self._conn = server.conn
-
-    def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
-        self._conn.touch()
-        with self._conn.lock:
-            self._conn.busy += 1  # a long request (hashing at completion) is not idleness
-        try:
-            if t == CMD_REALPATH:
-                self._realpath(request_number, msg)
-            elif t == CMD_EXTENDED:
-                self._extended(request_number, msg)
-            elif t != CMD_CLOSE or not self._close_certificate(request_number, msg):
-                super()._process(t, request_number, msg)
-        except UnicodeDecodeError:
-            sftp: _SFTP = self.server
-            sftp.refuse("request", "", PolicyError("not_utf8", "path is not UTF-8"))
-            self._send_status(request_number, SFTP_PERMISSION_DENIED)
-        finally:
-            with self._conn.lock:
-                self._conn.busy -= 1
-            self._conn.touch()
-
-    def _realpath(self, request_number: int, msg: paramiko.Message) -> None:
-        sftp: _SFTP = self.server
-        resolved = sftp.resolve(msg.get_text())
-        if isinstance(resolved, int):
-            self._send_status(request_number, resolved)
-        else:
-            self._response(request_number, CMD_NAME, 1, resolved, "", paramiko.SFTPAttributes())
-
-    def _close_certificate(self, request_number: int, msg: paramiko.Message) -> bool:
-        """CLOSE of an uploaded certificate: answer with its outcome (paramiko always says OK).
-
-        Returns:
-            False for any other handle (the message is rewound for paramiko).
-        """
-        handle = msg.get_binary()
-        target = self.file_table.get(handle)
-        if not isinstance(target, _CertificateHandle):
-            msg.rewind()
-            msg.get_int()  # the request number, already read
-            return False
-        del self.file_table[handle]
-        self._send_status(request_number, target.commit())
-        return True
-
-    def _extended(self, request_number: int, msg: paramiko.Message) -> None:
-        sftp: _SFTP = self.server
-        tag = msg.get_text()
-        if tag == "posix-rename@openssh.com":
-            old, new = msg.get_text(), msg.get_text()
-            self._send_status(request_number, sftp.rename(old, new))
-            return
-        if tag == "check-file":
-            sftp.refuse("check_file", "", PolicyError("not_permitted", "check-file is not offered"))
-        self._send_status(request_number, SFTP_OP_UNSUPPORTED)
-
-    def _send_status(self, request_number: int, code: int, desc: str | None = None) -> None:
-        if desc is None and isinstance(code, _Status):
-            desc = code.message
-        super()._send_status(request_number, int(code), desc)
-
-
 class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is untyped
     """The virtual filesystem of one logged-in account (see :mod:`gateway.policy`)."""
 
@@ -193,6 +124,7 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
             raise PermissionError("SFTP before login")
         self.user, self.role, self.tenant = account.name, account.role, account.tenant
         self.handles = 0
+        self.protocol_errors = 0
         self.started = time.monotonic()
 
     def audit(self, event: str, **fields: object) -> None:
@@ -220,7 +152,7 @@ class _SFTP(paramiko.SFTPServerInterface):  # type: ignore[misc]  # paramiko is 
             self.conn.sftp_sessions -= 1
         try:
             elapsed = int((time.monotonic() - self.started) * 1000)
-            self.audit("session_closed", elapsed_ms=elapsed)
+            self.audit("session_closed", elapsed_ms=elapsed, protocol_errors=self.protocol_errors)
         except Exception:  # noqa: S110 - the log reports its own breakage on the next emit
             pass
 

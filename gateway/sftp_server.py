@@ -1,9 +1,10 @@
 """The paramiko adapter: SSH transport, two-step login and channel decisions.
 
-paramiko is imported only by gateway/sftp_server.py and gateway/sftp_fs.py (server side),
-gateway/relay.py (client side) (plus :mod:`gateway.server`'s use of ``Transport``
-methods). The SFTP virtual filesystem lives in :mod:`gateway.sftp_fs`; its public
-names are re-exported here. Deny by default everywhere:
+paramiko is imported only by gateway/sftp_server.py, gateway/sftp_protocol.py and
+gateway/sftp_fs.py (server side), gateway/relay.py (client side) (plus
+:mod:`gateway.server`'s use of ``Transport`` methods). The SFTP wire protocol lives in
+:mod:`gateway.sftp_protocol`, the virtual filesystem in :mod:`gateway.sftp_fs`; their
+public names are re-exported here. Deny by default everywhere:
 
 - Transport: key exchange, ciphers, MACs and host-key types restricted to
   :data:`KEX`, :data:`CIPHERS`, :data:`MACS`, :data:`HOST_KEY_TYPES`; strict key
@@ -32,7 +33,9 @@ names are re-exported here. Deny by default everywhere:
   pty, X11, agent and port forwarding are refused and audited (``channel_refused``).
 - SFTP (:mod:`gateway.sftp_fs`): every handler returns a status code, never raises;
   exceptions become codes in one place, :func:`_to_sftp_code`. Paths go through
-  :mod:`gateway.policy`, files through :mod:`gateway.storage`.
+  :mod:`gateway.policy`, files through :mod:`gateway.storage`. Malformed, oversized,
+  out-of-order and unknown packets and foreign handles are refused on the wire
+  (:mod:`gateway.sftp_protocol`).
 """
 
 import base64
@@ -41,11 +44,12 @@ import hashlib
 import io
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paramiko.auth_handler import AuthHandler
 
 from custody import keys
 from gateway import policy
@@ -59,14 +63,17 @@ from gateway.sftp_fs import (
     SFTP_OK,
     SFTP_OP_UNSUPPORTED,
     SFTP_PERMISSION_DENIED,
-    _SFTPServer,
 )
 from gateway.sftp_fs import (
     _to_sftp_code as _to_sftp_code,  # re-exported for the tests
 )
+from gateway.sftp_protocol import MAX_PACKET_BYTES, SFTPProtocol
 
 if TYPE_CHECKING:
     from gateway.server import Connection, DropServer
+
+MAX_PASSWORD_FAILURES = 6
+"""Failed password steps after which a connection is closed (gateway.server's reaper does it)."""
 
 KEX = ("mlkem768x25519-sha256", "curve25519-sha256@libssh.org")
 CIPHERS = (
@@ -124,6 +131,27 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
+class _AuthHandler(AuthHandler):  # type: ignore[misc]  # paramiko is untyped
+    """paramiko's server-side login handler; a change of user name is audited before the cut.
+
+    paramiko disconnects a client that names another user in mid-login without
+    asking the server interface: the attempt is recorded here (``login_failed``,
+    reason ``user_changed``) so that the audit log holds every attempt.
+    """
+
+    def _parse_userauth_request(self, m: Any) -> None:
+        if self.auth_username is not None and not self.transport.is_authenticated():
+            try:
+                username = m.get_text()
+            except UnicodeDecodeError:
+                username = None
+            m.rewind()
+            interface = self.transport.server_object
+            if username != self.auth_username and isinstance(interface, _Interface):
+                interface.user_changed(username)
+        super()._parse_userauth_request(m)
+
+
 class _Transport(paramiko.Transport):  # type: ignore[misc]  # paramiko is untyped
     """A server Transport that remembers which key exchange was agreed (for the audit)."""
 
@@ -133,6 +161,11 @@ class _Transport(paramiko.Transport):  # type: ignore[misc]  # paramiko is untyp
         super()._parse_kex_init(m)
         engine = type(self.kex_engine)
         self.negotiated_kex = next((n for n, c in self._kex_info.items() if c is engine), None)
+
+    def _parse_newkeys(self, m: Any) -> None:
+        if self.server_mode and getattr(self, "auth_handler", None) is None:
+            self.auth_handler = _AuthHandler(self)
+        super()._parse_newkeys(m)
 
 
 def start_transport(
@@ -236,61 +269,99 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
     def check_auth_none(self, username: str) -> int:
         return AUTH_FAILED
 
+    def user_changed(self, username: str | None) -> None:
+        """The client named another user in mid-login: paramiko cuts it; audit the attempt."""
+        with contextlib.suppress(Exception):  # the log reports its own breakage on the next emit
+            self._audit("login_failed", user=username, method="any", reason="user_changed")
+        with self.conn.lock:
+            self.conn.password_failures += 1
+
     def check_auth_password(self, username: str, password: str) -> int:
         try:
             self._prologue()
-            if not isinstance(password, str):
-                self._audit("login_failed", user=username, method="password", reason="not_utf8")
-                return AUTH_FAILED
-            decision = self.gateway.accounts.check_password(username, password, self.conn.ip)
-            if not decision.ok:
-                self._audit(
-                    "login_failed", user=username, method="password", reason=decision.reason
-                )
-                if decision.reason == "bad_password" and decision.locked_until is not None:
-                    self._audit("account_locked_out", user=username, until=decision.locked_until)
-                return AUTH_FAILED
-            account = self.gateway.accounts.get(username)
-            if account is None or account.role not in policy.ROLES:
-                self._audit("login_failed", user=username, method="password", reason="unknown_user")
-                return AUTH_FAILED
-            with self.conn.lock:
-                self.conn.password_user = username
-                self.conn.account = account
-            self._audit("password_accepted", user=username, method="password")
-            return AUTH_PARTIALLY_SUCCESSFUL
+            with self._busy():
+                return self._password_step(username, password)
         except Exception as exc:
             self._fail_closed(exc, "login_failed", user=username, method="password")
             return AUTH_FAILED
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """A login step is running (the connection is not idle: see DropServer._idle_victim)."""
+        with self.conn.lock:
+            self.conn.busy += 1
+        try:
+            yield
+        finally:
+            with self.conn.lock:
+                self.conn.busy -= 1
+
+    def _password_refused(self, username: str, reason: str) -> int:
+        self._audit("login_failed", user=username, method="password", reason=reason)
+        with self.conn.lock:
+            self.conn.password_failures += 1
+        return AUTH_FAILED
+
+    def _password_step(self, username: str, password: str) -> int:
+        conn = self.conn
+        if conn.password_failures >= MAX_PASSWORD_FAILURES:
+            return self._password_refused(username, "too_many_attempts")  # closing: no hash
+        if not isinstance(password, str):
+            return self._password_refused(username, "not_utf8")
+        gate = self.server.login_gate
+        if not gate.enter(conn.ip, lambda: conn.close_reason is not None):
+            return self._password_refused(username, "connection_closing")
+        try:
+            decision = self.gateway.accounts.check_password(username, password, conn.ip)
+        finally:
+            gate.leave()
+        if not decision.ok:
+            gate.failed(conn.ip)
+            self._password_refused(username, decision.reason)
+            if decision.reason == "bad_password" and decision.locked_until is not None:
+                self._audit("account_locked_out", user=username, until=decision.locked_until)
+            return AUTH_FAILED
+        account = self.gateway.accounts.get(username)
+        if account is None or account.role not in policy.ROLES:
+            return self._password_refused(username, "unknown_user")
+        with conn.lock:
+            conn.password_user = username
+            conn.account = account
+        self._audit("password_accepted", user=username, method="password")
+        return AUTH_PARTIALLY_SUCCESSFUL
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         # Runs before paramiko verifies the signature: decide, never record a login.
         try:
             self._prologue()
-            conn = self.conn
-            second_step = (
-                conn.password_user == username
-                and conn.account is not None
-                and conn.account.role != policy.ROLE_FORWARDER
-            )
-            if not second_step:
-                if self._key_only(username):
-                    return self._forwarder_key(username, key)
-                return self._key_refused(username, "password_step_missing")
-            if key.get_name() not in HOST_KEY_TYPES:
-                return self._key_refused(username, "key_type")
-            offered = _fingerprint(key)
-            if not self.gateway.accounts.check_public_key(username, offered):
-                return self._key_refused(username, "wrong_key", key_fingerprint=offered)
-            if not self.server.has_room(username):
-                self._audit("connection_refused", user=username, reason="max_sessions_per_account")
-                return AUTH_FAILED
-            with conn.lock:
-                conn.key_fingerprint = offered
-            return AUTH_SUCCESSFUL
+            with self._busy():
+                return self._key_step(username, key)
         except Exception as exc:
             self._fail_closed(exc, "login_failed", user=username, method="publickey")
             return AUTH_FAILED
+
+    def _key_step(self, username: str, key: paramiko.PKey) -> int:
+        conn = self.conn
+        second_step = (
+            conn.password_user == username
+            and conn.account is not None
+            and conn.account.role != policy.ROLE_FORWARDER
+        )
+        if not second_step:
+            if self._key_only(username):
+                return self._forwarder_key(username, key)
+            return self._key_refused(username, "password_step_missing")
+        if key.get_name() not in HOST_KEY_TYPES:
+            return self._key_refused(username, "key_type")
+        offered = _fingerprint(key)
+        if not self.gateway.accounts.check_public_key(username, offered):
+            return self._key_refused(username, "wrong_key", key_fingerprint=offered)
+        if not self.server.has_room(username):
+            self._audit("connection_refused", user=username, reason="max_sessions_per_account")
+            return AUTH_FAILED
+        with conn.lock:
+            conn.key_fingerprint = offered
+        return AUTH_SUCCESSFUL
 
     def _forwarder_key(self, username: str, key: paramiko.PKey) -> int:
         """The one login step of a forwarder: its key, from its allow list, not locked."""
@@ -374,7 +445,7 @@ class _Interface(paramiko.ServerInterface):  # type: ignore[misc]  # paramiko is
             if busy:
                 self._refuse_channel("subsystem", subsystem=name, reason="too_many_sessions")
                 return False
-            handler = _SFTPServer(channel, name, self, sftp_si=_SFTP)
+            handler = SFTPProtocol(channel, name, self, sftp_si=_SFTP)
             self.conn.threads.append(handler)
             handler.start()
             return True
@@ -432,6 +503,7 @@ __all__ = [
     "KEX",
     "MACS",
     "MAX_OPEN_HANDLES",
+    "MAX_PACKET_BYTES",
     "MAX_READ_BYTES",
     "SFTP_FAILURE",
     "SFTP_NO_SUCH_FILE",

@@ -8,14 +8,15 @@ Layout under ``[printsite] spool``, one pair per batch::
     <batch>.erasure.json  after ``lgwan-gateway erase``: a copy of the signed erasure
                           certificate (:meth:`Spool.write_erasure`)
 
-Delivery (:meth:`Spool.deliver`) is atomic: the envelope is streamed into
-``.<batch>.age.part`` (locked with ``flock`` so two deliveries of one batch never
-interleave), fsynced and read back to verify its size and SHA-256; then the
-arrival record is written (temporary file, rename) and only then is the
-``.part`` renamed to ``<batch>.age``. So ``<batch>.age`` present means complete,
-with its arrival record beside it. A crash leaves at most a ``.part`` (reused by
-the next delivery of that batch) and perhaps an arrival record without an
-envelope; neither counts as arrived.
+Delivery (:meth:`Spool.deliver`) holds the custody lock shared
+(:mod:`gateway.custody_lock`; while ``erase`` runs it fails, :class:`SpoolBusyError`)
+and is atomic: the envelope is streamed into ``.<batch>.age.part`` (locked with
+``flock`` so two deliveries of one batch never interleave), fsynced and read
+back to verify its size and SHA-256; then the arrival record is written
+(temporary file, rename) and only then is the ``.part`` renamed to
+``<batch>.age``. So ``<batch>.age`` present means complete, with its arrival
+record beside it. A crash leaves at most a ``.part`` (reused by the next delivery)
+and perhaps an arrival record without an envelope; neither counts as arrived.
 
 Exactly once: delivering a batch already present with the same SHA-256 (and
 tenant) returns the existing arrival; a different SHA-256 or tenant under the
@@ -24,32 +25,32 @@ same batch id is a :class:`SpoolConflictError`, never an overwrite.
 An erased batch keeps ``<batch>.arrival.json`` and ``<batch>.erasure.json`` as
 its tombstone: :meth:`Spool.get` and :meth:`Spool.list` still return it (its
 envelope is gone, :func:`batch_state` says ``erased``), and delivering it again
-returns that tombstone instead of bringing the envelope back.
-
-Every name read from disk is validated (:func:`envelope.manifest.check_batch_id`)
-before it is used; anything else in the directory is ignored.
+returns that tombstone instead of bringing the envelope back. Every name read
+from disk is validated (``check_batch_id``) before use; anything else is ignored.
 """
 
 import contextlib
 import enum
-import errno
 import fcntl
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from custody.canonical import canonical_json, parse_json_strict
+from custody.erasure_certificate import MAX_CERTIFICATE_BYTES
 from custody.errors import RecordError
 from envelope import ManifestError
 from envelope.manifest import check_batch_id
 from gateway.accounts import TENANT_RE
 from gateway.audit import local_now
+from gateway.custody_lock import custody_lock, fsync_dir
+from gateway.envelope_check import _
 from gateway.errors import GatewayError
 
 AGE_SUFFIX = ".age"
@@ -61,7 +62,7 @@ ARRIVAL_KEYS = frozenset(
     {"batch_id", "tenant", "channel", "size", "sha256", "arrived_at", "source"}
 )
 MAX_ARRIVAL_BYTES = 64 * 1024
-MAX_ERASURE_BYTES = 1 << 20
+MAX_ERASURE_BYTES = MAX_CERTIFICATE_BYTES
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
 _BLOCK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -112,23 +113,25 @@ class BatchState(enum.Enum):
 
     ARRIVED = "arrived"
     OPENED = "opened"
+    ERASING = "erasing"
     ERASED = "erased"
 
 
-def batch_state(arrival: Arrival, work_dir: Path) -> BatchState:
+def batch_state(arrival: Arrival, work_dir: Path, *, journaled: bool = False) -> BatchState:
     """Derive a batch's state at the print site (the one place that does).
 
     ``erased``: ``<batch>.erasure.json`` is in the spool (``lgwan-gateway erase``
-    writes it only after every copy of the batch is gone); else ``opened``:
-    ``<work_dir>/<batch>/`` exists (``lgwan-gateway open`` creates it by one
-    rename, only after full verification); otherwise ``arrived``.
-
-    Args:
-        arrival: the batch in the spool.
-        work_dir: ``[printsite] work_dir``, where batches are opened.
+    writes it last, after every copy is gone, the journal is finished and the
+    certificate is published); else ``erasing``: ``journaled`` (the state
+    database holds an erasure of the batch, not completed: run ``erase`` again);
+    else ``opened``: ``<work_dir>/<batch>/`` exists (``open`` creates it in
+    ``work_dir``, ``[printsite] work_dir``, by one rename after full
+    verification); otherwise ``arrived``.
     """
     if os.path.lexists(arrival.path.with_name(arrival.batch_id + ERASURE_SUFFIX)):
         return BatchState.ERASED
+    if journaled:
+        return BatchState.ERASING
     opened = work_dir / arrival.batch_id
     if opened.is_dir() and not opened.is_symlink():
         return BatchState.OPENED
@@ -139,29 +142,16 @@ class Spool:
     """The spool directory; creates it (0700) on the first delivery."""
 
     def __init__(self, root: Path, *, clock: Clock = local_now) -> None:
-        """Use ``root`` as the spool.
-
-        Args:
-            root: the spool directory (``[printsite] spool``).
-            clock: returns the current timezone-aware time (the arrival time).
-        """
+        """Use ``root`` (``[printsite] spool``); ``clock`` gives the aware arrival time."""
         self.root = root.absolute()
         self._clock = clock
 
     def path_of(self, batch_id: str) -> Path:
-        """Where ``batch_id``'s envelope is (or would be) in the spool.
-
-        Raises:
-            SpoolError: ``batch_id`` is not a batch id.
-        """
+        """Where ``batch_id``'s envelope is (or would be); SpoolError if not a batch id."""
         return self.root / (_checked_id(batch_id) + AGE_SUFFIX)
 
     def erasure_path(self, batch_id: str) -> Path:
-        """Where ``batch_id``'s erasure certificate copy is (or would be) in the spool.
-
-        Raises:
-            SpoolError: ``batch_id`` is not a batch id.
-        """
+        """Where ``batch_id``'s erasure certificate copy is (or would be); SpoolError as above."""
         return self.root / (_checked_id(batch_id) + ERASURE_SUFFIX)
 
     def write_erasure(self, batch_id: str, data: bytes) -> Path:
@@ -169,14 +159,8 @@ class Spool:
 
         Written once, atomically (temporary file, fsync, hard link to the final
         name, so two writers cannot both win); the same bytes again are accepted.
-        The certificate is not checked here: ``erase`` signs it, the gateway checks it.
-
-        Args:
-            batch_id: the batch id (validated).
-            data: the certificate, exactly as issued.
-
-        Returns:
-            The copy's path.
+        The certificate (``data``, exactly as issued) is not checked here: ``erase``
+        signs it, the gateway checks it. Returns the copy's path.
 
         Raises:
             SpoolConflictError: a different certificate is there already (kept).
@@ -185,7 +169,9 @@ class Spool:
         """
         target = self.erasure_path(batch_id)
         if len(data) > MAX_ERASURE_BYTES:
-            raise SpoolError(f"an erasure certificate of {len(data)} bytes is too large")
+            raise SpoolError(
+                _("an erasure certificate of {size} bytes is too large").format(size=len(data))
+            )
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = self.root / f".{batch_id}{ERASURE_SUFFIX}.tmp"
         _write_new(temp, data)
@@ -194,12 +180,14 @@ class Spool:
         except FileExistsError:
             if _read_small(target, MAX_ERASURE_BYTES) != data:
                 raise SpoolConflictError(
-                    f"{target} holds a different erasure certificate; nothing was overwritten",
-                    hint="compare the two certificates before moving the old one away",
+                    _(
+                        "{path} holds a different erasure certificate; nothing was overwritten"
+                    ).format(path=target),
+                    hint=_("compare the two certificates before moving the old one away"),
                 ) from None
         finally:
             _unlink_quietly(temp)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return target
 
     def deliver(
@@ -222,20 +210,15 @@ class Spool:
                 at all when the batch is already present.
             tenant: the tenant the batch belongs to (``^[a-z][a-z0-9-]{1,31}$``).
             channel: ``lgwan`` or ``dvd``.
-            expected_size: the envelope's size in bytes.
-            expected_sha256: the envelope's SHA-256, lower-case hex.
-            source_detail: JSON detail of where it came from (receipt fields,
-                disc serials); stored as the arrival record's ``source``.
-            verify: called with the complete, verified ``.part`` before it is
-                published; raising aborts the delivery (the exception propagates).
+            expected_size: the envelope's size in bytes; expected_sha256: its SHA-256 (hex).
+            source_detail: the arrival record's ``source`` (receipt fields, disc serials).
+            verify: called with the verified ``.part`` before publishing; raising aborts.
 
-        Returns:
-            The arrival (the existing one when the same batch was already here).
+        Returns the arrival (the existing one when the same batch was already here).
 
         Raises:
-            SpoolConflictError: a different batch (SHA-256 or tenant) is present
-                under this id.
-            SpoolBusyError: another delivery of this batch is in progress.
+            SpoolConflictError: a different batch (SHA-256 or tenant) has this id.
+            SpoolBusyError: another delivery of this batch, or an erasure, is in progress.
             SpoolError: bad arguments, not enough free space, the source's size or
                 SHA-256 differs from the expected one, or the spool cannot be written.
             OSError: an I/O failure. Whatever ``source`` or ``verify`` raise.
@@ -243,72 +226,79 @@ class Spool:
         """
         detail = _checked_detail(source_detail)
         _check_fields(batch_id, tenant, channel, expected_size, expected_sha256)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        existing = self._existing(batch_id, expected_sha256, tenant)
-        if existing is not None:
-            return existing
-        part = self.root / f".{batch_id}{AGE_SUFFIX}{PART_SUFFIX}"
-        with _locked_part(part) as fd:
-            try:
-                existing = self._existing(batch_id, expected_sha256, tenant)
-                if existing is not None:  # another delivery finished meanwhile
+        busy = SpoolBusyError(
+            _("an erasure is running at the print site of {spool}").format(spool=self.root),
+            hint=_("wait for it to finish, then run the command again"),
+        )
+        with custody_lock(self.root, exclusive=False, busy=lambda: busy):
+            existing = self._existing(batch_id, expected_sha256, tenant)
+            if existing is not None:
+                return existing
+            part = self.root / f".{batch_id}{AGE_SUFFIX}{PART_SUFFIX}"
+            with _locked_part(part) as fd:
+                try:
+                    existing = self._existing(batch_id, expected_sha256, tenant)
+                    if existing is not None:  # another delivery finished meanwhile
+                        _unlink_quietly(part)
+                        return existing
+                    self._check_free(expected_size)
+                    _copy(source, fd, expected_size, expected_sha256)
+                    _verify_on_disk(fd, expected_size, expected_sha256)
+                    if verify is not None:
+                        verify(part)
+                    arrival = Arrival(
+                        batch_id=batch_id,
+                        tenant=tenant,
+                        channel=channel,
+                        size=expected_size,
+                        sha256=expected_sha256,
+                        arrived_at=self._clock(),
+                        path=self.root / (batch_id + AGE_SUFFIX),
+                        source=detail,
+                    )
+                    self._publish(part, arrival)
+                except BaseException:
                     _unlink_quietly(part)
-                    return existing
-                self._check_free(expected_size)
-                _copy(source, fd, expected_size, expected_sha256)
-                _verify_on_disk(fd, expected_size, expected_sha256)
-                if verify is not None:
-                    verify(part)
-                arrival = Arrival(
-                    batch_id=batch_id,
-                    tenant=tenant,
-                    channel=channel,
-                    size=expected_size,
-                    sha256=expected_sha256,
-                    arrived_at=self._clock(),
-                    path=self.root / (batch_id + AGE_SUFFIX),
-                    source=detail,
-                )
-                self._publish(part, arrival)
-            except BaseException:
-                _unlink_quietly(part)
-                if not os.path.lexists(self.root / (batch_id + AGE_SUFFIX)):
-                    _unlink_quietly(self.root / (batch_id + ARRIVAL_SUFFIX))
-                raise
+                    if not os.path.lexists(self.root / (batch_id + AGE_SUFFIX)):
+                        _unlink_quietly(self.root / (batch_id + ARRIVAL_SUFFIX))
+                    raise
         return arrival
 
-    def get(self, batch_id: str) -> Arrival | None:
+    def get(self, batch_id: str, *, erasing: bool = False) -> Arrival | None:
         """The arrival of ``batch_id``, or None when its envelope is not (yet) complete.
 
         An erased batch (arrival record and erasure certificate, no envelope) is
-        returned too: its ``path`` names the envelope that is gone.
+        returned too (its ``path`` names the envelope that is gone), and, when
+        ``erasing`` (its erasure is recorded), one whose ``erase`` did not finish.
 
         Raises:
-            SpoolError: ``batch_id`` is not a batch id, or the spool entry is
-                damaged (not a regular file, arrival record missing or invalid,
-                size differing from the record).
+            SpoolError: not a batch id, or a damaged entry (not a regular file,
+                arrival record missing or invalid, size differing from the record).
         """
         final = self.path_of(batch_id)
         try:
             info = os.lstat(final)
         except FileNotFoundError:
-            return self._tombstone(batch_id, final)
+            return self._tombstone(batch_id, final, erasing)
         if not stat.S_ISREG(info.st_mode):
-            raise SpoolError(f"{final} is not a regular file", hint="move it out of the spool")
+            raise SpoolError(
+                _("{path} is not a regular file").format(path=final),
+                hint=_("move it out of the spool"),
+            )
         arrival = _read_arrival(self.root / (batch_id + ARRIVAL_SUFFIX), final)
         if arrival.size != info.st_size:
             raise SpoolError(
-                f"{final} has {info.st_size} bytes, its arrival record says {arrival.size}",
-                hint="the envelope was changed after it arrived; move it out of the spool",
+                _("{path} has {size} bytes, its arrival record says {recorded}").format(
+                    path=final, size=info.st_size, recorded=arrival.size
+                ),
+                hint=_("the envelope was changed after it arrived; move it out of the spool"),
             )
         return arrival
 
-    def list(self) -> list[Arrival]:
-        """Every complete batch in the spool, oldest arrival first.
+    def list(self, *, erasing: Collection[str] = ()) -> list[Arrival]:
+        """Every complete batch (erased too), oldest arrival first; ``.part``, links… ignored.
 
-        Names that are not ``<batch id>.age`` regular files (``.part`` files,
-        hidden or foreign names, directories, symlinks) are ignored; erased
-        batches (``<batch id>.erasure.json`` with their arrival record) are listed.
+        ``erasing``: batches whose erasure is recorded; listed while their arrival record is.
 
         Raises:
             SpoolError: a batch's entry is damaged (see :meth:`get`).
@@ -336,9 +326,10 @@ class Spool:
             except FileNotFoundError:
                 continue
             stems.add(stem)
+        stems.update(b for b in erasing if f"{b}{ARRIVAL_SUFFIX}" in names)
         arrivals: list[Arrival] = []
         for stem in sorted(stems):
-            arrival = self.get(stem)
+            arrival = self.get(stem, erasing=stem in erasing)
             if arrival is not None:
                 arrivals.append(arrival)
         arrivals.sort(key=lambda a: (a.arrived_at, a.batch_id))
@@ -353,27 +344,33 @@ class Spool:
             present = self.get(batch_id)
         except SpoolError as exc:
             raise SpoolConflictError(
-                f"{batch_id} is already in the spool but its entry is damaged: {exc}",
-                hint="compare it with the ward's records before moving it out of the spool",
+                _("{batch} is already in the spool but its entry is damaged: {reason}").format(
+                    batch=batch_id, reason=exc
+                ),
+                hint=_("compare it with the ward's records before moving it out of the spool"),
             ) from None
         if present is None:
             return None
         if present.sha256 != sha256:
             raise SpoolConflictError(
-                f"{batch_id} is already in the spool with a different SHA-256"
-                f" ({present.sha256[:16]}…, this one {sha256[:16]}…); nothing was overwritten",
-                hint="ask the ward which file is the sealed batch",
+                _(
+                    "{batch} is already in the spool with a different SHA-256"
+                    " ({present}…, this one {sha256}…); nothing was overwritten"
+                ).format(batch=batch_id, present=present.sha256[:16], sha256=sha256[:16]),
+                hint=_("ask the ward which file is the sealed batch"),
             )
         if present.tenant != tenant:
             raise SpoolConflictError(
-                f"{batch_id} is already in the spool for tenant {present.tenant}, not {tenant}",
-                hint="ask the ward which tenant the batch belongs to",
+                _("{batch} is already in the spool for tenant {present}, not {tenant}").format(
+                    batch=batch_id, present=present.tenant, tenant=tenant
+                ),
+                hint=_("ask the ward which tenant the batch belongs to"),
             )
         return present
 
-    def _tombstone(self, batch_id: str, final: Path) -> Arrival | None:
-        """An erased batch's arrival (record and certificate copy, no envelope), or None."""
-        if not os.path.lexists(self.erasure_path(batch_id)):
+    def _tombstone(self, batch_id: str, final: Path, erasing: bool) -> Arrival | None:
+        """An erased (or ``erasing``) batch's arrival: its record, no envelope; or None."""
+        if not erasing and not os.path.lexists(self.erasure_path(batch_id)):
             return None
         record = self.root / (batch_id + ARRIVAL_SUFFIX)
         if not os.path.lexists(record):
@@ -388,8 +385,10 @@ class Spool:
         free = info.f_bavail * info.f_frsize
         if free < size + FREE_SPACE_MARGIN:
             raise SpoolError(
-                f"the spool {self.root} has {free} bytes free; the batch needs {size}",
-                hint="make room in the spool, then run the command again",
+                _("the spool {path} has {free} bytes free; the batch needs {size}").format(
+                    path=self.root, free=free, size=size
+                ),
+                hint=_("make room in the spool, then run the command again"),
             )
 
     def _publish(self, part: Path, arrival: Arrival) -> None:
@@ -400,9 +399,11 @@ class Spool:
         temp.replace(record)
         final = arrival.path
         if os.path.lexists(final):  # we hold the batch's lock: only a stranger's file
-            raise SpoolConflictError(f"{final} appeared during the delivery; nothing overwritten")
+            raise SpoolConflictError(
+                _("{path} appeared during the delivery; nothing overwritten").format(path=final)
+            )
         part.rename(final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
 
 def _checked_id(batch_id: str) -> str:
@@ -415,13 +416,17 @@ def _checked_id(batch_id: str) -> str:
 def _check_fields(batch_id: str, tenant: str, channel: str, size: int, sha256: str) -> None:
     _checked_id(batch_id)
     if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
-        raise SpoolError(f"invalid tenant {str(tenant)[:40]!r}")
+        raise SpoolError(_("invalid tenant {tenant}").format(tenant=repr(str(tenant)[:40])))
     if channel not in CHANNELS:
-        raise SpoolError(f"unknown channel {str(channel)[:20]!r} (one of {', '.join(CHANNELS)})")
+        raise SpoolError(
+            _("unknown channel {channel} (one of {channels})").format(
+                channel=repr(str(channel)[:20]), channels=", ".join(CHANNELS)
+            )
+        )
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise SpoolError("the expected size must be a non-negative integer")
+        raise SpoolError(_("the expected size must be a non-negative integer"))
     if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
-        raise SpoolError("the expected SHA-256 must be 64 lower-case hex digits")
+        raise SpoolError(_("the expected SHA-256 must be 64 lower-case hex digits"))
 
 
 def _checked_detail(detail: Mapping[str, object]) -> dict[str, object]:
@@ -429,7 +434,9 @@ def _checked_detail(detail: Mapping[str, object]) -> dict[str, object]:
     try:
         canonical_json(copied)
     except RecordError as exc:
-        raise SpoolError(f"the source detail is not canonical JSON: {exc}") from None
+        raise SpoolError(
+            _("the source detail is not canonical JSON: {reason}").format(reason=exc)
+        ) from None
     return copied
 
 
@@ -437,8 +444,7 @@ def _checked_detail(detail: Mapping[str, object]) -> dict[str, object]:
 def _locked_part(part: Path) -> Iterator[int]:
     """Open ``part`` (created 0600), hold an exclusive flock on it, truncate it.
 
-    The lock is taken on the inode still named ``part`` (a delivery that just
-    renamed it away would otherwise hand over the finished envelope).
+    The lock is on the inode still named ``part`` (not on one a delivery just renamed away).
     """
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     for _attempt in range(_LOCK_ATTEMPTS):
@@ -448,8 +454,10 @@ def _locked_part(part: Path) -> Iterator[int]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise SpoolBusyError(
-                    f"another delivery of {part.name[1 : -len(PART_SUFFIX)]} is in progress",
-                    hint="wait for it to finish, then run the command again",
+                    _("another delivery of {name} is in progress").format(
+                        name=part.name[1 : -len(PART_SUFFIX)]
+                    ),
+                    hint=_("wait for it to finish, then run the command again"),
                 ) from None
             mine = os.fstat(fd)
             try:
@@ -459,13 +467,15 @@ def _locked_part(part: Path) -> Iterator[int]:
             if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
                 continue
             if not stat.S_ISREG(mine.st_mode):
-                raise SpoolError(f"{part} is not a regular file")
+                raise SpoolError(_("{path} is not a regular file").format(path=part))
             os.ftruncate(fd, 0)
             yield fd
             return
         finally:
             os.close(fd)
-    raise SpoolBusyError(f"{part}: the delivery lock keeps changing hands; try again")
+    raise SpoolBusyError(
+        _("{path}: the delivery lock keeps changing hands; try again").format(path=part)
+    )
 
 
 def _copy(source: Readable, fd: int, size: int, sha256: str) -> None:
@@ -475,29 +485,33 @@ def _copy(source: Readable, fd: int, size: int, sha256: str) -> None:
     while data := source.read(_BLOCK):
         written += len(data)
         if written > size:
-            raise SpoolError(f"the source is longer than the expected {size} bytes")
+            raise SpoolError(
+                _("the source is longer than the expected {size} bytes").format(size=size)
+            )
         digest.update(data)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
     if written != size:
-        raise SpoolError(f"the source has {written} bytes, expected {size}")
+        raise SpoolError(
+            _("the source has {written} bytes, expected {size}").format(written=written, size=size)
+        )
     if digest.hexdigest() != sha256:
-        raise SpoolError("the source's SHA-256 differs from the expected one")
+        raise SpoolError(_("the source's SHA-256 differs from the expected one"))
     os.fsync(fd)
 
 
 def _verify_on_disk(fd: int, size: int, sha256: str) -> None:
     """Read the written file back: what is on disk must be what was expected."""
     if os.fstat(fd).st_size != size:
-        raise SpoolError("the spooled copy has the wrong size after writing")
+        raise SpoolError(_("the spooled copy has the wrong size after writing"))
     digest = hashlib.sha256()
     offset = 0
     while data := os.pread(fd, _BLOCK, offset):
         digest.update(data)
         offset += len(data)
     if offset != size or digest.hexdigest() != sha256:
-        raise SpoolError("the spooled copy differs from the source after writing (SHA-256)")
+        raise SpoolError(_("the spooled copy differs from the source after writing (SHA-256)"))
 
 
 def _arrival_doc(arrival: Arrival) -> dict[str, object]:
@@ -519,35 +533,43 @@ def _read_arrival(record: Path, final: Path) -> Arrival:
         fd = os.open(record, flags)
     except FileNotFoundError:
         raise SpoolError(
-            f"{final.name} has no arrival record ({record.name})",
-            hint="it was not put there by a delivery; move it out of the spool",
+            _("{name} has no arrival record ({record})").format(
+                name=final.name, record=record.name
+            ),
+            hint=_("it was not put there by a delivery; move it out of the spool"),
         ) from None
     except OSError as exc:
-        raise SpoolError(f"{record}: cannot open: {exc.strerror}") from None
+        raise SpoolError(
+            _("{path}: cannot open: {reason}").format(path=record, reason=exc.strerror)
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_ARRIVAL_BYTES + 1)
     try:
         doc = parse_json_strict(data, max_bytes=MAX_ARRIVAL_BYTES)
         return _parse_arrival(doc, final)
     except (RecordError, SpoolError, ValueError) as exc:
-        raise SpoolError(f"{record.name}: invalid arrival record: {exc}") from None
+        raise SpoolError(
+            _("{name}: invalid arrival record: {reason}").format(name=record.name, reason=exc)
+        ) from None
 
 
 def _parse_arrival(doc: object, final: Path) -> Arrival:
     if not isinstance(doc, dict) or set(doc) != ARRIVAL_KEYS:
-        raise ValueError(f"expected exactly the keys {', '.join(sorted(ARRIVAL_KEYS))}")
+        raise ValueError(
+            _("expected exactly the keys {keys}").format(keys=", ".join(sorted(ARRIVAL_KEYS)))
+        )
     batch_id, tenant, channel = doc["batch_id"], doc["tenant"], doc["channel"]
     size, sha256, arrived, source = doc["size"], doc["sha256"], doc["arrived_at"], doc["source"]
     if batch_id != final.name[: -len(AGE_SUFFIX)]:
-        raise ValueError("batch_id differs from the file name")
+        raise ValueError(_("batch_id differs from the file name"))
     _check_fields(batch_id, tenant, channel, size, sha256)
     if not isinstance(arrived, str):
-        raise ValueError("arrived_at is not text")
+        raise ValueError(_("arrived_at is not text"))
     arrived_at = datetime.fromisoformat(arrived)
     if arrived_at.utcoffset() is None:
-        raise ValueError("arrived_at has no UTC offset")
+        raise ValueError(_("arrived_at has no UTC offset"))
     if not isinstance(source, dict):
-        raise ValueError("source is not an object")
+        raise ValueError(_("source is not an object"))
     return Arrival(batch_id, tenant, channel, size, sha256, arrived_at, final, source)
 
 
@@ -560,20 +582,6 @@ def _write_new(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
     finally:
         os.close(fd)
 

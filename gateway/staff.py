@@ -36,6 +36,7 @@ from gateway.accounts import NAME_RE, InvalidAccountError, check_password_streng
 from gateway.admin import operator
 from gateway.audit import AuditLog
 from gateway.errors import GatewayError, UsageError
+from gateway.i18n import _
 from gateway.prompt import read_secret
 from gateway.state import (
     STAFF_ROLES,
@@ -72,19 +73,23 @@ class CustodyRefusedError(GatewayError):
 
     def __init__(self, message: str, *, reason: str, action: str, actor: str) -> None:
         """Keep the refusal's ``reason`` code, ``action`` and ``actor`` (staff name given)."""
-        super().__init__(message, hint=_HINTS.get(reason))
+        super().__init__(message, hint=_hint(reason))
         self.reason = reason
         self.action = action
         self.actor = actor
 
 
-_HINTS = {
-    REASON_UNKNOWN_STAFF: "check --as and the password; see 'lgwan-gateway staff list'",
-    REASON_BAD_PASSWORD: "check --as and the password; see 'lgwan-gateway staff list'",
-    REASON_DISABLED: "a disabled member cannot act; ask a manager",
-    REASON_WRONG_ROLE: "only a manager (取扱責任者) may do this",
-    REASON_SELF_APPROVAL: "another manager must approve (or set [custody] allow_self_approval)",
-}
+def _hint(reason: str) -> str | None:
+    """What to do about a refusal, in the chosen language (None for other reasons)."""
+    if reason in (REASON_UNKNOWN_STAFF, REASON_BAD_PASSWORD):
+        return _("check --as and the password; see 'lgwan-gateway staff list'")
+    if reason == REASON_DISABLED:
+        return _("a disabled member cannot act; ask a manager")
+    if reason == REASON_WRONG_ROLE:
+        return _("only a manager (取扱責任者) may do this")
+    if reason == REASON_SELF_APPROVAL:
+        return _("another manager must approve (or set [custody] allow_self_approval)")
+    return None
 
 
 def hash_password(password: str) -> str:
@@ -100,8 +105,8 @@ def check_staff_name(name: str) -> str:
     """
     if not NAME_RE.fullmatch(name):
         raise InvalidStaffError(
-            f"invalid staff name {name[:40]!r}",
-            hint="2-32 characters: a-z first, then a-z 0-9 . _ -",
+            _("invalid staff name {name}").format(name=repr(name[:40])),
+            hint=_("2-32 characters: a-z first, then a-z 0-9 . _ -"),
         )
     return name
 
@@ -114,7 +119,8 @@ def check_staff_role(role: str) -> str:
     """
     if role not in STAFF_ROLES:
         raise InvalidStaffError(
-            f"invalid staff role {role[:40]!r}", hint="use manager (取扱責任者) or handler (取扱者)"
+            _("invalid staff role {role}").format(role=repr(role[:40])),
+            hint=_("use manager (取扱責任者) or handler (取扱者)"),
         )
     return role
 
@@ -128,7 +134,9 @@ def check_full_name(full_name: str) -> str:
     text = full_name.strip()
     if len(text) > MAX_FULL_NAME_CHARS or not text.isprintable():
         raise InvalidStaffError(
-            f"the full name must be printable text of at most {MAX_FULL_NAME_CHARS} characters"
+            _("the full name must be printable text of at most {limit} characters").format(
+                limit=MAX_FULL_NAME_CHARS
+            )
         )
     return text
 
@@ -203,11 +211,11 @@ class Roster:
         """
         _check_strength(password)
         if self._store.get_staff(name) is None:
-            raise UnknownStaffError(f"no staff member {name!r}")
+            raise UnknownStaffError(_("no staff member {name}").format(name=repr(name)))
         self._store.set_staff_password_hash(name, self._hasher.hash(password), self._clock())
         member = self._store.get_staff(name)
         if member is None:  # pragma: no cover -- staff are never deleted
-            raise UnknownStaffError(f"no staff member {name!r}")
+            raise UnknownStaffError(_("no staff member {name}").format(name=repr(name)))
         self._emit("staff_password_changed", actor=self._os_user, staff=name)
         return member
 
@@ -301,21 +309,22 @@ def _check_strength(password: str) -> None:
         check_password_strength(password)
     except InvalidAccountError as exc:
         raise InvalidStaffError(
-            str(exc), hint="choose a passphrase of at least 12 characters"
+            str(exc), hint=_("choose a passphrase of at least 12 characters")
         ) from None
 
 
 def _message(reason: str, action: str, actor: str) -> str:
-    who = repr(actor[:40])
     if reason in (REASON_UNKNOWN_STAFF, REASON_BAD_PASSWORD):
-        return f"{action} refused: wrong staff name or password for {who}"
-    if reason == REASON_DISABLED:
-        return f"{action} refused: staff member {who} is disabled"
-    if reason == REASON_WRONG_ROLE:
-        return f"{action} refused: staff member {who} does not hold the role it needs"
-    if reason == REASON_SELF_APPROVAL:
-        return f"{action} refused: {who} may not approve their own erasure"
-    return f"{action} refused for {who}: {reason}"
+        message = _("{action} refused: wrong staff name or password for {who}")
+    elif reason == REASON_DISABLED:
+        message = _("{action} refused: staff member {who} is disabled")
+    elif reason == REASON_WRONG_ROLE:
+        message = _("{action} refused: staff member {who} does not hold the role it needs")
+    elif reason == REASON_SELF_APPROVAL:
+        message = _("{action} refused: {who} may not approve their own erasure")
+    else:
+        message = _("{action} refused for {who}: {reason}")
+    return message.format(action=action, who=repr(actor[:40]), reason=reason)
 
 
 # -- command-line helpers ---------------------------------------------------------------------
@@ -327,7 +336,7 @@ def read_staff_password(fd: int | None, name: str) -> str:
     Raises:
         UsageError: no terminal and no fd, or an unreadable fd.
     """
-    return read_secret(fd, f"Password for {name}: ", option=PASSWORD_FD_OPTION)
+    return read_secret(fd, _("Password for {name}: ").format(name=name), option=PASSWORD_FD_OPTION)
 
 
 def add_actor_arguments(parser: argparse.ArgumentParser, *, approver: bool = False) -> None:
@@ -336,20 +345,20 @@ def add_actor_arguments(parser: argparse.ArgumentParser, *, approver: bool = Fal
     """
     parser.add_argument(
         "--as", dest="staff", required=True, metavar="NAME",
-        help="the staff member doing this (取扱者 or 取扱責任者)",
+        help=_("the staff member doing this (取扱者 or 取扱責任者)"),
     )  # fmt: skip
     parser.add_argument(
         PASSWORD_FD_OPTION, dest="password_fd", type=int, metavar="N",
-        help="read their password from file descriptor N (else prompt)",
+        help=_("read their password from file descriptor N (else prompt)"),
     )  # fmt: skip
     if approver:
         parser.add_argument(
             "--approver", required=True, metavar="NAME",
-            help="the approving manager (取扱責任者)",
+            help=_("the approving manager (取扱責任者)"),
         )  # fmt: skip
         parser.add_argument(
             APPROVER_PASSWORD_FD_OPTION, dest="approver_password_fd", type=int, metavar="N",
-            help="read the approver's password from file descriptor N (else prompt)",
+            help=_("read the approver's password from file descriptor N (else prompt)"),
         )  # fmt: skip
 
 
@@ -386,12 +395,12 @@ def authenticate_approver(
     """
     name: str | None = getattr(args, "approver", None)
     if not name:
-        raise UsageError("an approving manager is needed", hint="give --approver NAME")
+        raise UsageError(_("an approving manager is needed"), hint=_("give --approver NAME"))
     if name == handler.name and not allow_self:
         roster.refuse(REASON_SELF_APPROVAL, action=action, actor=name, batch=batch)
     password = read_secret(
         getattr(args, "approver_password_fd", None),
-        f"Password for {name} (approving): ",
+        _("Password for {name} (approving): ").format(name=name),
         option=APPROVER_PASSWORD_FD_OPTION,
     )
     return roster.authenticate(name, password, action=action, batch=batch, roles=(ROLE_MANAGER,))

@@ -29,9 +29,10 @@ from typing import Any
 
 from gateway import config as config_mod
 from gateway import roster_report
-from gateway.app import INIT_HINT, load_key
+from gateway.app import init_hint, load_key
 from gateway.audit import AuditLog
 from gateway.errors import ConfigError, GatewayError, UsageError
+from gateway.i18n import _
 from gateway.pdf import JST
 from gateway.prompt import read_secret
 from gateway.staff import (
@@ -57,29 +58,40 @@ EXIT_OK = 0
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``staff …`` to the top-level subcommands."""
-    staff = sub.add_parser("staff", help="the roster: managers (取扱責任者), handlers (取扱者)")
+    staff = sub.add_parser("staff", help=_("the roster: managers (取扱責任者), handlers (取扱者)"))
     cmds = staff.add_subparsers(dest="staff_command", required=True, parser_class=type(staff))
 
-    p = cmds.add_parser("add", help="put a manager or handler on the roster with their password")
+    p = cmds.add_parser("add", help=_("put a manager or handler on the roster with their password"))
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--role", required=True, choices=STAFF_ROLES)
-    p.add_argument("--full-name", default="", metavar="TEXT", help="氏名 as printed on the roster")
-    p.add_argument(PASSWORD_FD_OPTION, dest="password_fd", type=int, metavar="N")
+    p.add_argument(
+        "--role", required=True, choices=STAFF_ROLES,
+        help=_("manager (取扱責任者) or handler (取扱者)"),
+    )  # fmt: skip
+    p.add_argument(
+        "--full-name", default="", metavar="TEXT", help=_("氏名 as printed on the roster")
+    )
+    p.add_argument(
+        PASSWORD_FD_OPTION, dest="password_fd", type=int, metavar="N",
+        help=_("read the password from file descriptor N (else typed twice at a prompt)"),
+    )  # fmt: skip
     p.set_defaults(run=cmd_staff_add)
 
-    p = cmds.add_parser("list", help="list staff (table on a terminal, JSON lines otherwise)")
+    p = cmds.add_parser("list", help=_("list staff (table on a terminal, JSON lines otherwise)"))
     p.set_defaults(run=cmd_staff_list)
 
-    p = cmds.add_parser("disable", help="take a member off duty (they stay on the roster)")
+    p = cmds.add_parser("disable", help=_("take a member off duty (they stay on the roster)"))
     p.add_argument("name", metavar="NAME")
     p.set_defaults(run=cmd_staff_disable)
 
-    p = cmds.add_parser("passwd", help="set a member's new password")
+    p = cmds.add_parser("passwd", help=_("set a member's new password"))
     p.add_argument("name", metavar="NAME")
-    p.add_argument(PASSWORD_FD_OPTION, dest="password_fd", type=int, metavar="N")
+    p.add_argument(
+        PASSWORD_FD_OPTION, dest="password_fd", type=int, metavar="N",
+        help=_("read the password from file descriptor N (else typed twice at a prompt)"),
+    )  # fmt: skip
     p.set_defaults(run=cmd_staff_passwd)
 
-    p = cmds.add_parser("roster", help="write the 取扱責任者及び取扱者名簿 (PDF or CSV)")
+    p = cmds.add_parser("roster", help=_("write the 取扱責任者及び取扱者名簿 (PDF or CSV)"))
     p.add_argument("--out", type=Path, required=True, metavar="F.pdf|F.csv")
     p.set_defaults(run=cmd_staff_roster)
 
@@ -93,13 +105,13 @@ def cmd_staff_add(args: argparse.Namespace) -> int:
     with _open_store(cfg) as store:
         if store.get_staff(args.name) is not None:
             raise DuplicateStaffError(
-                f"staff member {args.name!r} already exists",
-                hint="names are never reused; see 'lgwan-gateway staff list'",
+                _("staff member {name} already exists").format(name=repr(args.name)),
+                hint=_("names are never reused; see 'lgwan-gateway staff list'"),
             )
     password = _new_password(args)
     with _roster(cfg) as roster:
         member = roster.add(args.name, args.role, full_name, password)
-    print(f"added {member.name} ({member.role})")
+    print(_("added {name} ({role})").format(name=member.name, role=member.role))
     return EXIT_OK
 
 
@@ -124,10 +136,10 @@ def cmd_staff_disable(args: argparse.Namespace) -> int:
         if current is None:
             raise _unknown(args.name)
         if not current.active:
-            print(f"{current.name} was disabled already", file=sys.stderr)
+            print(_("{name} was disabled already").format(name=current.name), file=sys.stderr)
             return EXIT_OK
         member = roster.disable(args.name)
-    print(f"disabled {member.name}")
+    print(_("disabled {name}").format(name=member.name))
     return EXIT_OK
 
 
@@ -140,7 +152,7 @@ def cmd_staff_passwd(args: argparse.Namespace) -> int:
     password = _new_password(args)
     with _roster(cfg) as roster:
         member = roster.passwd(args.name, password)
-    print(f"password changed for {member.name}")
+    print(_("password changed for {name}").format(name=member.name))
     return EXIT_OK
 
 
@@ -149,9 +161,12 @@ def cmd_staff_roster(args: argparse.Namespace) -> int:
     out: Path = args.out
     fmt = out.suffix.lower()
     if fmt not in (".pdf", ".csv"):
-        raise UsageError(f"cannot tell the format of {out.name}", hint="name it .pdf or .csv")
+        raise UsageError(
+            _("cannot tell the format of {name}").format(name=out.name),
+            hint=_("name it .pdf or .csv"),
+        )
     if not out.parent.is_dir():
-        raise UsageError(f"{out.parent} is not a directory")
+        raise UsageError(_("{path} is not a directory").format(path=out.parent))
     cfg = config_mod.load(args.config)
     with _open_store(cfg) as store:
         members = store.list_staff()
@@ -176,15 +191,17 @@ def _new_password(args: argparse.Namespace) -> str:
     if args.password_fd is not None:
         return read_staff_password(args.password_fd, args.name)
     first = read_staff_password(None, args.name)
-    again = read_secret(None, f"Password for {args.name} (again): ", option=PASSWORD_FD_OPTION)
+    prompt = _("Password for {name} (again): ").format(name=args.name)
+    again = read_secret(None, prompt, option=PASSWORD_FD_OPTION)
     if not hmac.compare_digest(first.encode(), again.encode()):
-        raise UsageError("the two passwords differ; nothing was changed")
+        raise UsageError(_("the two passwords differ; nothing was changed"))
     return first
 
 
 def _unknown(name: str) -> UnknownStaffError:
     return UnknownStaffError(
-        f"no staff member {name[:40]!r}", hint="see 'lgwan-gateway staff list'"
+        _("no staff member {name}").format(name=repr(name[:40])),
+        hint=_("see 'lgwan-gateway staff list'"),
     )
 
 
@@ -192,7 +209,7 @@ def _open_store(cfg: config_mod.GatewayConfig) -> StateStore:
     try:
         return StateStore.open(cfg.path(cfg.state.database), create=False)
     except StateError as exc:
-        raise GatewayError(str(exc), hint=INIT_HINT) from None
+        raise GatewayError(str(exc), hint=init_hint()) from None
 
 
 @contextmanager
@@ -201,8 +218,9 @@ def _roster(cfg: config_mod.GatewayConfig) -> Iterator[Roster]:
     key = load_key(cfg, "keys.signing_key", cfg.keys.signing_key)
     log = cfg.path(cfg.audit.log)
     if not log.is_file():
-        file = str(cfg.source) if cfg.source else "(defaults)"
-        raise ConfigError(file, "audit.log", f"{log} does not exist ({INIT_HINT})")
+        file = str(cfg.source) if cfg.source else _("(defaults)")
+        message = _("{path} does not exist ({hint})").format(path=log, hint=init_hint())
+        raise ConfigError(file, "audit.log", message)
     with _open_store(cfg) as store:
         audit = AuditLog.open(
             log,
@@ -234,10 +252,10 @@ def _print_table(members: list[StaffMember]) -> None:
     from rich.table import Table
 
     if not members:
-        Console().print("nobody on the roster")
+        Console().print(_("nobody on the roster"))
         return
     table = Table()
-    for header in ("name", "role", "full name", "status", "since (JST)"):
+    for header in (_("name"), _("role"), _("full name"), _("status"), _("since (JST)")):
         table.add_column(header, no_wrap=True)
     for member in members:
         since = member.created_at.astimezone(JST)
@@ -245,7 +263,7 @@ def _print_table(members: list[StaffMember]) -> None:
             member.name,
             f"{member.role} ({ROLE_LABELS.get(member.role, '')})",
             member.full_name,
-            "active" if member.active else "disabled",
+            _("active") if member.active else _("disabled"),
             f"{since:%Y-%m-%d}",
         )
     Console().print(table)

@@ -15,10 +15,13 @@ and lock through ``_tx``. Schema version 3 adds its four tables
   processes printing at once cannot both record a "first" print, and a reprint
   without a reason is refused there (:class:`ReprintReasonRequiredError`);
 - ``custody_erasures`` — one erasure per batch, started (its items with the
-  sizes and SHA-256 values taken *before* anything was erased) and then
-  finished (with the certificate's path). Starting again while one is unfinished
-  returns the recorded one unchanged, so an interrupted ``erase`` resumes with
-  the original hashes.
+  sizes and SHA-256 values taken *before* anything was erased, and the
+  overwrite method) and then finished (with the certificate's path). Starting
+  again while one is unfinished returns the recorded one unchanged, so an
+  interrupted ``erase`` resumes with the original hashes and method. The
+  ``items`` column holds ``{"method": …, "items": [...]}`` (a bare list of
+  items, as the first version wrote, has no method). Once an erasure of a batch
+  is recorded, no opening of it is (:class:`BatchErasedError`).
 
 Each read-then-write (counting occurrences, checking for an erasure) runs in
 one writer transaction. Records come back oldest first: by their time, then in
@@ -37,16 +40,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from custody.erasure_certificate import ITEM_KINDS as ITEM_KINDS  # re-exported: what an item was
+from gateway.i18n import _
 from gateway.state_batches import StateError, _iso, _when
+from gateway.state_custody_errors import BatchErasedError as BatchErasedError
+from gateway.state_custody_errors import DuplicateStaffError as DuplicateStaffError
+from gateway.state_custody_errors import ErasureFinishedError as ErasureFinishedError
+from gateway.state_custody_errors import ReopenReasonRequiredError as ReopenReasonRequiredError
+from gateway.state_custody_errors import ReprintReasonRequiredError as ReprintReasonRequiredError
+from gateway.state_custody_errors import UnknownStaffError as UnknownStaffError
 
 STAFF_ROLES = ("manager", "handler")
 """取扱責任者 (may approve an erasure) and 取扱者."""
 
 OPEN_VIA = ("hand", "registered-mail", "phone")
 """How the passphrase notice reached the print site."""
-
-ITEM_KINDS = ("envelope", "plaintext", "staging", "quarantine", "retained", "receipt-copy")
-"""What an erased item was."""
 
 _R = TypeVar("_R")
 
@@ -100,53 +108,6 @@ CUSTODY_MIGRATION: tuple[str, ...] = (
     )""",
 )
 """Statements taking a version-2 database to version 3 (run in the migration's transaction)."""
-
-
-class DuplicateStaffError(StateError):
-    """A staff member of that name exists already (disabled ones too: names are never reused)."""
-
-
-class UnknownStaffError(StateError):
-    """No staff member of that name."""
-
-
-class ReprintReasonRequiredError(StateError):
-    """A second or later print of a file was recorded without a reason."""
-
-    def __init__(self, batch_id: str, file_name: str, previous: int) -> None:
-        """Say which file of which batch was printed ``previous`` times already."""
-        super().__init__(
-            f"{file_name} of batch {batch_id} was printed {previous} time(s) already; "
-            "a reprint needs a reason",
-            hint="give --reason TEXT saying why it is printed again",
-        )
-        self.batch_id = batch_id
-        self.file_name = file_name
-        self.previous = previous
-
-
-class ReopenReasonRequiredError(StateError):
-    """A second or later opening of a batch was recorded without a reason."""
-
-    def __init__(self, batch_id: str, previous: int) -> None:
-        """Say which batch was opened ``previous`` times already."""
-        super().__init__(
-            f"batch {batch_id} was opened {previous} time(s) already; opening again needs a reason",
-            hint="give --reason TEXT saying why it is opened again",
-        )
-        self.batch_id = batch_id
-        self.previous = previous
-
-
-class ErasureFinishedError(StateError):
-    """The batch's erasure has finished already: it is not started (or finished) again."""
-
-    def __init__(self, record: ErasureRecord) -> None:
-        """Name the batch and its certificate."""
-        super().__init__(
-            f"batch {record.batch_id} was erased already (certificate {record.certificate})"
-        )
-        self.record = record
 
 
 @dataclass(frozen=True)
@@ -219,6 +180,9 @@ class ErasureRecord:
     items: tuple[ErasureItem, ...]
     certificate: str | None
     """The path of the issued certificate (JSON) once finished."""
+    method: str | None = None
+    """The certificate's ``method`` (overwrite passes), fixed when the erasure started;
+    None for an erasure recorded before the method was."""
 
 
 _STAFF_COLUMNS = "name, role, full_name, password_hash, active, created_at, updated_at"
@@ -248,7 +212,9 @@ class CustodyTables:
         with self._tx() as conn:
             _write_lock(conn)
             if conn.execute("SELECT 1 FROM staff WHERE name = ?", (member.name,)).fetchone():
-                raise DuplicateStaffError(f"staff member {member.name!r} already exists")
+                raise DuplicateStaffError(
+                    _("staff member {name} already exists").format(name=repr(member.name))
+                )
             try:
                 conn.execute(
                     f"INSERT INTO staff ({_STAFF_COLUMNS}) "  # noqa: S608 -- constant columns
@@ -259,7 +225,9 @@ class CustodyTables:
                     ),
                 )  # fmt: skip
             except sqlite3.IntegrityError:  # lost a race with another process
-                raise DuplicateStaffError(f"staff member {member.name!r} already exists") from None
+                raise DuplicateStaffError(
+                    _("staff member {name} already exists").format(name=repr(member.name))
+                ) from None
 
     def get_staff(self, name: str) -> StaffMember | None:
         """The staff member called ``name``, or None."""
@@ -304,7 +272,7 @@ class CustodyTables:
                 (value, _iso(now), name),
             )
             if cursor.rowcount != 1:
-                raise UnknownStaffError(f"no staff member {name!r}")
+                raise UnknownStaffError(_("no staff member {name}").format(name=repr(name)))
             row = conn.execute(
                 f"SELECT {_STAFF_COLUMNS} FROM staff WHERE name = ?",  # noqa: S608
                 (name,),
@@ -322,9 +290,15 @@ class CustodyTables:
         Raises:
             ReopenReasonRequiredError: the batch was opened before and
                 ``record.reason`` is empty (nothing is recorded).
+            BatchErasedError: an erasure of the batch is recorded (nothing is recorded).
         """
         with self._tx() as conn:
             _write_lock(conn)
+            erasing = conn.execute(
+                "SELECT 1 FROM custody_erasures WHERE batch_id = ?", (record.batch_id,)
+            ).fetchone()
+            if erasing is not None:
+                raise BatchErasedError(record.batch_id)
             (previous,) = conn.execute(
                 "SELECT COUNT(*) FROM custody_opens WHERE batch_id = ?", (record.batch_id,)
             ).fetchone()
@@ -426,12 +400,13 @@ class CustodyTables:
                 "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
                 (
                     record.batch_id, record.tenant, record.channel, record.handler,
-                    record.approver, _iso(record.started_at), _items_json(record.items),
+                    record.approver, _iso(record.started_at),
+                    _items_json(record.items, record.method),
                 ),
             )  # fmt: skip
         return ErasureRecord(
             record.batch_id, record.tenant, record.channel, record.handler, record.approver,
-            record.started_at, None, record.items, None,
+            record.started_at, None, record.items, None, record.method,
         )  # fmt: skip
 
     def finish_erasure(
@@ -455,7 +430,9 @@ class CustodyTables:
                 (batch_id,),
             ).fetchone()
             if row is None:
-                raise StateError(f"no erasure of batch {batch_id} was started")
+                raise StateError(
+                    _("no erasure of batch {batch} was started").format(batch=batch_id)
+                )
             existing = _erasure(row)
             if existing.finished_at is not None:
                 if existing.certificate == certificate:
@@ -522,11 +499,9 @@ def _oldest_first(records: builtins.list[_R], when: Callable[[_R], datetime]) ->
     return sorted(records, key=when)
 
 
-def _items_json(items: tuple[ErasureItem, ...]) -> str:
-    return json.dumps(
-        [{"kind": i.kind, "path": i.path, "size": i.size, "sha256": i.sha256} for i in items],
-        ensure_ascii=False,
-    )
+def _items_json(items: tuple[ErasureItem, ...], method: str | None) -> str:
+    listed = [{"kind": i.kind, "path": i.path, "size": i.size, "sha256": i.sha256} for i in items]
+    return json.dumps({"method": method, "items": listed}, ensure_ascii=False)
 
 
 def _text(value: object) -> str | None:
@@ -563,11 +538,15 @@ def _print(row: tuple[object, ...]) -> PrintRecord:
 
 def _erasure(row: tuple[object, ...]) -> ErasureRecord:
     batch_id, tenant, channel, handler, approver, started, finished, items, certificate = row
+    stored = json.loads(str(items))
+    method, listed = (
+        (None, stored) if isinstance(stored, list) else (stored["method"], stored["items"])
+    )
     parsed = tuple(
         ErasureItem(str(i["kind"]), str(i["path"]), int(i["size"]), str(i["sha256"]))
-        for i in json.loads(str(items))
+        for i in listed
     )
     return ErasureRecord(
         str(batch_id), str(tenant), str(channel), str(handler), str(approver), _time(started),
-        _when(_text(finished)), parsed, _text(certificate),
+        _when(_text(finished)), parsed, _text(certificate), _text(method),
     )  # fmt: skip

@@ -96,9 +96,11 @@ class Reader:
         self.size = os.fstat(fd).st_size
 
     def read(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (empty at the end)."""
+        """Up to ``length`` bytes at ``offset`` (empty at the end, and past it)."""
         if self._fd < 0:
             raise StorageError("closed", "the file is closed")
+        if offset >= self.size or length <= 0:
+            return b""  # also keeps offsets beyond off_t (2^63 and up) away from pread
         try:
             return os.pread(self._fd, length, offset)
         except OSError as exc:

@@ -17,13 +17,13 @@ BIN = Path(sys.executable).parent
 def _run(tool: str, *args: str, lang_env: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")}
     env["LANG"] = lang_env or "C.UTF-8"
-    return subprocess.run(  # noqa: S603 - our own console scripts
+    return subprocess.run(
         [str(BIN / tool), *args], capture_output=True, text=True, env=env, check=False
     )
 
 
 def test_every_message_has_japanese_and_the_catalogs_are_compiled() -> None:
-    done = subprocess.run(  # noqa: S603 - our own tool
+    done = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "i18n.py"), "check"],
         capture_output=True,
         text=True,
@@ -46,7 +46,10 @@ def test_language_choice(module: object) -> None:
 
 @pytest.mark.parametrize("tool", ["lgwan-client", "lgwan-gateway"])
 def test_help_in_japanese_with_lang_and_with_locale(tool: str) -> None:
-    for done in (_run(tool, "--lang", "ja", "--help"), _run(tool, "--help", lang_env="ja_JP.UTF-8")):
+    for done in (
+        _run(tool, "--lang", "ja", "--help"),
+        _run(tool, "--help", lang_env="ja_JP.UTF-8"),
+    ):
         assert done.returncode == 0
         assert "使い方:" in done.stdout
         assert "設定ファイル" in done.stdout
@@ -55,7 +58,10 @@ def test_help_in_japanese_with_lang_and_with_locale(tool: str) -> None:
 
 @pytest.mark.parametrize("tool", ["lgwan-client", "lgwan-gateway"])
 def test_help_in_english_by_default_and_with_lang_en(tool: str) -> None:
-    for done in (_run(tool, "--help"), _run(tool, "--lang", "en", "--help", lang_env="ja_JP.UTF-8")):
+    for done in (
+        _run(tool, "--help"),
+        _run(tool, "--lang", "en", "--help", lang_env="ja_JP.UTF-8"),
+    ):
         assert done.returncode == 0
         assert "usage:" in done.stdout
         assert "configuration file (TOML)" in done.stdout

@@ -78,9 +78,20 @@ def test_retained_and_quarantine_copies_of_the_envelope_match() -> None:
         kit.body(SEALED, KEY),
         {"kind": "retained", "path": "/r", "size": 4096, "sha256": "e" * 64},
         {"kind": "quarantine", "path": "/q", "size": 4096, "sha256": "e" * 64},
-        {"kind": "receipt-copy", "path": "/c", "size": 10, "sha256": "c" * 64},
     )
     assert _check(made).counts()["retained"] == 1
+
+
+def test_the_dead_receipt_copy_kind_is_unknown() -> None:
+    """``receipt-copy`` was never produced by erase: the shared rules do not know it."""
+    made = kit.plus_items(
+        kit.body(SEALED, KEY),
+        {"kind": "receipt-copy", "path": "/c", "size": 10, "sha256": "c" * 64},
+    )
+    with pytest.raises(CertificateError) as info:
+        _parse(made)
+    assert info.value.reason == certificate.REASON_MALFORMED
+    assert "unknown kind 'receipt-copy'" in str(info.value)
 
 
 def test_changed_byte_fails_the_signature() -> None:
@@ -119,8 +130,23 @@ def test_non_canonical_bytes_are_malformed() -> None:
     assert info.value.reason == certificate.REASON_MALFORMED
 
 
+def test_a_certificate_up_to_the_shared_limit_is_accepted() -> None:
+    """M1: the limit is the one every side uses (1 MiB), not 256 KiB: a 300 KiB one verifies."""
+    made = kit.plus_items(
+        kit.body(SEALED, KEY),
+        *[
+            {"kind": "staging", "path": f"/srv/spool/.pull/{'p' * 200}{n}", "size": 1,
+             "sha256": "0" * 64}
+            for n in range(1200)
+        ],
+    )  # fmt: skip
+    data = kit.signed(made, KEY)
+    assert 256 * 1024 < len(data) <= certificate.MAX_CERTIFICATE_BYTES == 1 << 20
+    assert certificate.parse(data, KEY.public_key()).batch_id == BATCH
+
+
 def test_oversized_input_is_malformed() -> None:
-    """More than 256 KiB is refused before parsing."""
+    """More than the shared 1 MiB is refused before parsing."""
     with pytest.raises(CertificateError) as info:
         certificate.parse(b" " * (certificate.MAX_CERTIFICATE_BYTES + 1), KEY.public_key())
     assert info.value.reason == certificate.REASON_MALFORMED
@@ -209,13 +235,55 @@ def test_no_envelope_item_is_refused() -> None:
     [
         ({"sha256": "c" * 64}, "the sealed file kaigo.csv"),
         ({"size": 999}, "the sealed file kaigo.csv is 1000 bytes"),
-        ({"path": "/w/other.csv"}, "'other.csv' is not a file of the sealed batch"),
+        (
+            {"path": f"{kit.WORK_DIR}/{BATCH}/other.csv"},
+            "'other.csv' is not a file of the sealed batch",
+        ),
     ],
 )
 def test_plaintext_item_must_be_a_sealed_file(changes: dict[str, object], why: str) -> None:
     """A plaintext item with a wrong hash or size, or another file name, is a mismatch."""
     made = kit.with_item(kit.body(SEALED, KEY), "plaintext", **changes)
     assert why in str(_refused(made, certificate.REASON_MISMATCH))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tmp/kaigo.csv",
+        f"/home/someone/{BATCH}-copy/kaigo.csv",
+        f"{kit.WORK_DIR}/{BATCH}/x/kaigo.csv",
+    ],
+)
+def test_plaintext_must_lie_in_the_batch_work_directory(path: str) -> None:
+    """L2: a plaintext item whose name and hash match, but elsewhere, does not count."""
+    made = kit.with_item(kit.body(SEALED, KEY), "plaintext", path=path)
+    assert "not in the work directory" in str(_refused(made, certificate.REASON_MISMATCH))
+
+
+def test_plaintext_of_an_interrupted_opening_counts() -> None:
+    """Plaintext erased from ``.opening-<batch>-XXXX/`` is in the batch's work directory."""
+    made = kit.with_item(
+        kit.body(SEALED, KEY),
+        "plaintext",
+        path=f"{kit.WORK_DIR}/.opening-{BATCH}-k2x_9a0q/kaigo.csv",
+    )
+    assert _check(made).opened
+
+
+def test_an_opened_batch_must_list_every_sealed_file() -> None:
+    """H2: opened, but one sealed file is not among the erased plaintext: a mismatch."""
+    made = kit.body(SEALED, KEY)
+    made["items"] = [i for i in made["items"] if i["path"].rsplit("/", 1)[-1] != "kaigo2.csv"]  # type: ignore[attr-defined]
+    error = _refused(made, certificate.REASON_MISMATCH)
+    assert "'kaigo2.csv' is not among the erased plaintext" in str(error)
+
+
+def test_opened_without_plaintext_contradicts_itself() -> None:
+    """``opened`` true with no plaintext item: the body contradicts itself."""
+    made = kit.body(SEALED, KEY)
+    made["items"] = [i for i in made["items"] if i["kind"] != "plaintext"]  # type: ignore[attr-defined]
+    assert "lists no plaintext" in str(_refused(made, certificate.REASON_MISMATCH))
 
 
 def test_plaintext_of_an_unopened_batch_is_refused() -> None:

@@ -119,9 +119,26 @@ def test_keep_without_a_pinned_key_is_unchecked(cfg: ClientConfig) -> None:
 
 
 def test_keep_of_a_forged_certificate_is_invalid(cfg: ClientConfig) -> None:
-    """Signed by another key: saved (for the ward to show), but invalid — a failure."""
-    copy = _keep(cfg, _data(key=Ed25519PrivateKey.generate()))
+    """Signed by another key: kept as evidence under ``.invalid``, invalid — a failure."""
+    forged = _data(key=Ed25519PrivateKey.generate())
+    copy = _keep(cfg, forged)
     assert copy.check == CHECK_INVALID and copy.failed and "signed by" in str(copy.problem)
+    assert copy.path == cfg.path("certs") / f"{BATCH}.erasure.json.invalid"
+    assert copy.path.read_bytes() == forged and copy.saved
+    assert not (cfg.path("certs") / f"{BATCH}.erasure.json").exists()
+
+
+def test_an_invalid_certificate_never_blocks_the_genuine_one(cfg: ClientConfig) -> None:
+    """L3: verified before saving: a forged file first, the genuine one later still saves."""
+    forged = _data(key=Ed25519PrivateKey.generate())
+    assert _keep(cfg, forged).check == CHECK_INVALID
+    assert _keep(cfg, _data(handler="another forgery", key=Ed25519PrivateKey.generate())).saved is (
+        False
+    )  # the first evidence stays
+    copy = _keep(cfg, _data())
+    assert (copy.check, copy.saved) == (CHECK_VALID, True)
+    assert copy.path.read_bytes() == _data()
+    assert (copy.path.parent / f"{BATCH}.erasure.json.invalid").read_bytes() == forged
 
 
 def test_keep_of_another_batch_certificate_is_invalid(cfg: ClientConfig) -> None:

@@ -319,3 +319,18 @@ def test_seal_rolls_back_when_the_ledger_cannot_record(tmp_path: Path) -> None:
         seal.seal([_print_file(tmp_path)], "KAIGO", cfg)
     assert list(cfg.path(cfg.seal.out_dir).iterdir()) == []
     assert list(cfg.path(cfg.seal.notice_dir).iterdir()) == []
+
+
+def test_entries_refuse_an_endless_line_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"x" * (16 << 20))  # 16 MiB, no newline: not a torn entry, an attack
+    tracemalloc.start()
+    try:
+        with pytest.raises(ClientError, match="longer than the cap"):
+            list(ledger.entries(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20

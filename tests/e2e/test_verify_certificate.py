@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from custody import fingerprint, public_key_to_openssh
+from custody import MAX_CERTIFICATE_BYTES, fingerprint, public_key_to_openssh
 from tests.client import certificate_kit as kit
 from tests.conftest import CliRunner, Result, run_cli
 
@@ -226,10 +226,11 @@ def test_malformed_signing_key_is_a_configuration_error(
 def test_oversized_or_missing_file_is_refused(
     tmp_path: Path, client: CliRunner, sealed: dict[str, Any]
 ) -> None:
-    """A file over 256 KiB is not read as a certificate (exit 1); a missing one is usage (2)."""
-    big = _write(tmp_path, b" " * (256 * 1024 + 1))
+    """A file over 1 MiB (the limit on every side) is not read as a certificate (exit 1);
+    a missing one is usage (2)."""
+    big = _write(tmp_path, b" " * (MAX_CERTIFICATE_BYTES + 1))
     done = _verify(client, big)
-    assert done.code == 1 and "larger than 262144 bytes" in done.err
+    assert done.code == 1 and "larger than 1048576 bytes" in done.err
     missing = _verify(client, tmp_path / "nope.erasure.json")
     assert missing.code == 2 and "no such file" in missing.err
 

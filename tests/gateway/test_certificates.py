@@ -146,11 +146,64 @@ def test_an_envelope_other_than_the_received_one_is_refused() -> None:
     """The erased envelope's SHA-256 (or size) must be the batch's as receipted."""
     batch = RECORD
     wrong_sha = [{"kind": "envelope", "path": "/s/x.age", "size": batch.size, "sha256": "0" * 64}]
-    assert _reason(_good(items=wrong_sha)) == "envelope_mismatch"
+    assert _reason(_good(items=wrong_sha, opened=False)) == "envelope_mismatch"
     wrong_size = [{"kind": "envelope", "path": "/s/x.age", "size": 1, "sha256": batch.sha256}]
-    assert _reason(_good(items=wrong_size)) == "envelope_mismatch"
-    no_envelope = [{"kind": "plaintext", "path": "/w/a.csv", "size": 1, "sha256": "a" * 64}]
+    assert _reason(_good(items=wrong_size, opened=False)) == "envelope_mismatch"
+    no_envelope = [
+        {"kind": "plaintext", "path": f"/w/{BATCH}/a.csv", "size": 1, "sha256": "a" * 64}
+    ]
     assert _reason(_good(items=no_envelope)) == "no_envelope"
+
+
+def _plus(*extra: dict[str, object]) -> bytes:
+    """A good certificate with ``extra`` items after the kit's envelope and plaintext."""
+    body = certificate_body(PRINTSITE, BATCH, TENANT, RECORD.size, RECORD.sha256)
+    items = body["items"]
+    assert isinstance(items, list)
+    return sign(PRINTSITE, {**body, "items": [*items, *extra]})
+
+
+@pytest.mark.parametrize("kind", ["retained", "quarantine"])
+def test_every_whole_copy_must_be_the_received_envelope(kind: str) -> None:
+    """L7: retained and quarantine copies are whole envelopes, checked like the ward does."""
+    good = {"kind": kind, "path": "/x", "size": RECORD.size, "sha256": RECORD.sha256}
+    assert check_certificate(_plus(good), PRINTSITE.public_key(), RECORD)
+    assert _reason(_plus({**good, "sha256": "0" * 64})) == "envelope_mismatch"
+    assert _reason(_plus({**good, "size": RECORD.size + 1})) == "envelope_mismatch"
+
+
+def test_a_partial_copy_larger_than_the_envelope_is_refused() -> None:
+    """L7: a staging item may be partial, never larger than the batch received."""
+    part = {"kind": "staging", "path": "/s/.pull/x.part", "size": RECORD.size, "sha256": "0" * 64}
+    assert check_certificate(_plus(part), PRINTSITE.public_key(), RECORD)
+    assert _reason(_plus({**part, "size": RECORD.size + 1})) == "envelope_mismatch"
+
+
+def test_opened_must_agree_with_the_plaintext_listed() -> None:
+    """L7: the gateway applies the ward's consistency rule (shared with it)."""
+    assert _reason(_good(opened=False)) == "bad_body"  # plaintext listed, "not opened"
+    envelope_only = [{"kind": "envelope", "path": "/s/x.age", "size": RECORD.size,
+                      "sha256": RECORD.sha256}]  # fmt: skip
+    assert _reason(_good(items=envelope_only)) == "bad_body"  # "opened", no plaintext
+
+
+def test_the_dead_receipt_copy_kind_is_refused() -> None:
+    """``receipt-copy`` was never produced: not an item kind any more."""
+    assert _reason(
+        _plus({"kind": "receipt-copy", "path": "/c", "size": 1, "sha256": "c" * 64})
+    ) == ("bad_body")
+
+
+def test_a_certificate_up_to_the_shared_limit_is_accepted() -> None:
+    """M1: the gateway takes what erase may write (1 MiB, the same limit everywhere)."""
+    many = [
+        {"kind": "staging", "path": f"/srv/spool/.pull/{'p' * 200}{n}", "size": 1,
+         "sha256": "0" * 64}
+        for n in range(1200)
+    ]  # fmt: skip
+    data = _plus(*many)
+    assert 256 * 1024 < len(data) <= MAX_CERTIFICATE_BYTES == 1 << 20
+    assert check_certificate(data, PRINTSITE.public_key(), RECORD)["batch_id"] == BATCH
 
 
 def test_a_status_record_is_not_a_certificate() -> None:
@@ -176,6 +229,7 @@ def test_a_status_record_is_not_a_certificate() -> None:
         {"items": [{"kind": "envelope", "path": "p", "size": 1, "sha256": "A" * 64}]},
         {"printsite_key": "SHA256:someone-else"},
         {"extra": 1},
+        {"batch_id": "20261399-KAIGO-7F3KQ2"},
     ],
 )
 def test_a_body_that_is_not_exactly_a_certificate_is_refused(

@@ -241,6 +241,10 @@ def test_erase_removes_every_copy_and_certifies_the_hashes_taken_before(
     outside = tmp_path / "outside.txt"
     outside.write_text("not the batch's")
     (site.work / BATCH / "link").symlink_to(outside)
+    refused = site.erase()  # a link where plaintext could be: a person must look first
+    assert refused.code == 1 and "link is a symbolic link" in refused.err
+    assert site.journal() == [] and (site.spool / f"{BATCH}.age").exists()
+    (site.work / BATCH / "link").unlink()
 
     result = site.erase()
 

@@ -137,48 +137,50 @@ def test_every_kind_is_wiped_and_checked(places: Places) -> None:
     assert (places.storage / "tenants" / "chiyoda" / "inbox" / f"{BATCH}.age").exists()
 
 
-def test_symlinks_in_the_work_tree_are_removed_never_followed(
+def test_symlinks_in_the_work_tree_are_refused_never_followed(
     places: Places, tmp_path: Path
 ) -> None:
-    """A link to a file or a directory outside goes as a link; what it points to is intact."""
+    """M3: a link to a file or a directory outside stops the search; nothing is touched."""
     outside = _put(tmp_path / "outside" / "keep.txt", b"keep me")
     _put(places.work_dir / BATCH / "print.csv", b"csv")
     (places.work_dir / BATCH / "file-link").symlink_to(outside)
+    with pytest.raises(ErasureError, match="file-link is a symbolic link"):
+        find_copies(BATCH, TENANT, places)
+    (places.work_dir / BATCH / "file-link").unlink()
     (places.work_dir / BATCH / "dir-link").symlink_to(outside.parent)
-    found = find_copies(BATCH, TENANT, places)
-    assert [c.path.name for c in found] == ["print.csv"]
-    items = tuple(measure(found, places))
-    wipe(items, BATCH, places, passes=1)
+    with pytest.raises(ErasureError, match="dir-link is a symbolic link"):
+        find_copies(BATCH, TENANT, places)
     assert outside.read_bytes() == b"keep me"
-    assert not os.path.lexists(places.work_dir / BATCH)
+    assert (places.work_dir / BATCH / "dir-link").is_symlink()
 
 
-def test_a_work_directory_that_is_a_symlink_is_unlinked_not_followed(
-    places: Places, tmp_path: Path
-) -> None:
-    """``work/<batch>`` planted as a link to another directory: the link goes, the files stay."""
+def test_a_work_directory_that_is_a_symlink_is_refused(places: Places, tmp_path: Path) -> None:
+    """M3: ``work/<batch>`` planted as a link: refused (the plaintext may be where it points)."""
     elsewhere = tmp_path / "elsewhere"
     _put(elsewhere / "print.csv", b"not ours")
     (places.work_dir / BATCH).symlink_to(elsewhere)
-    assert find_copies(BATCH, TENANT, places) == []
-    wipe((), BATCH, places, passes=1)
-    assert not os.path.lexists(places.work_dir / BATCH)
+    with pytest.raises(ErasureError, match="is a symbolic link"):
+        find_copies(BATCH, TENANT, places)
+    with pytest.raises(ErasureError, match="is a symbolic link"):
+        wipe((), BATCH, places, passes=1)
+    assert (places.work_dir / BATCH).is_symlink()
     assert (elsewhere / "print.csv").read_bytes() == b"not ours"
 
 
-def test_a_directory_swapped_for_a_link_after_measuring_is_not_followed(
+def test_a_directory_swapped_for_a_link_after_measuring_stops_the_wipe(
     places: Places, tmp_path: Path
 ) -> None:
-    """A recorded file's directory replaced by a link: the link goes, the target is untouched."""
+    """A recorded file's directory replaced by a link: refused, the target untouched."""
     _put(places.work_dir / BATCH / "sub" / "deep.bin", b"deep")
     items = tuple(measure(find_copies(BATCH, TENANT, places), places))
     trap = _put(tmp_path / "trap" / "deep.bin", b"victim")
     (places.work_dir / BATCH / "sub" / "deep.bin").unlink()
     (places.work_dir / BATCH / "sub").rmdir()
     (places.work_dir / BATCH / "sub").symlink_to(trap.parent)
-    wipe(items, BATCH, places, passes=1)
+    with pytest.raises(ErasureError, match="sub is a symbolic link"):
+        wipe(items, BATCH, places, passes=1)
     assert trap.read_bytes() == b"victim"
-    assert remaining(items, BATCH, places) == []
+    assert (places.work_dir / BATCH / "sub").is_symlink()
 
 
 def test_wipe_resumes_with_items_already_gone(places: Places) -> None:
