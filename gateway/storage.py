@@ -24,6 +24,7 @@ reserve before a byte is written.
 import errno
 import hashlib
 import os
+import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -473,27 +474,24 @@ class Storage:
     def write_file(self, tenant: str, area: Area, name: str, data: bytes) -> None:
         """Write a small file atomically (temporary file, fsync, rename, fsync dir).
 
-        Replaces an existing file of that name.
+        Replaces an existing file of that name. The temporary name is unique, so
+        writers in other processes (``serve``'s forwarder and ``erase`` both write
+        status records) never rename each other's half-written file into place;
+        a failed write (a full disk) leaves no temporary file behind.
         """
-        temp = f".{_check_name(name)}.tmp"
+        temp = _check_name(f".{_check_name(name)}.{secrets.token_hex(8)}.tmp")
         with self._area(tenant, area) as adir:
-            try:
-                os.unlink(temp, dir_fd=adir)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise _os_error(exc) from None
             fd = self._open_regular(adir, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
-                _write_all(fd, 0, data)
-                os.fsync(fd)
-            except OSError as exc:
-                raise _os_error(exc) from None
-            finally:
-                os.close(fd)
-            try:
+                try:
+                    _write_all(fd, 0, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.rename(temp, name, src_dir_fd=adir, dst_dir_fd=adir)
             except OSError as exc:
+                with suppress(OSError):
+                    os.unlink(temp, dir_fd=adir)
                 raise _os_error(exc) from None
             _fsync_dir(adir)
 

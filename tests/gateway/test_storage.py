@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -253,3 +254,50 @@ def test_truncating_reopen_supersedes_before_truncating(store: Storage) -> None:
     old.close()
     new.close()
     assert store.stat(TENANT, Area.INBOX, PART).size == 3
+
+
+def _hammer(root: str, payload: bytes, count: int, failures: "multiprocessing.Queue[int]") -> None:
+    writer = _storage(Path(root))
+    failed = 0
+    for _ in range(count):
+        try:
+            writer.write_file(TENANT, Area.RECEIPTS, "x.status.json", payload)
+        except StorageError:
+            failed += 1
+    failures.put(failed)
+
+
+def test_write_file_from_two_processes_never_fails_nor_leaves_temporaries(
+    tmp_path: Path, store: Storage
+) -> None:
+    """serve's forwarder and `erase` both write status records: no lost write, no torn file."""
+    failures: multiprocessing.Queue[int] = multiprocessing.Queue()
+    writers = [
+        multiprocessing.Process(
+            target=_hammer, args=(str(tmp_path / "storage"), byte * 100_000, 300, failures)
+        )
+        for byte in (b"a", b"b")
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [failures.get(), failures.get()] == [0, 0]  # before the fix: ~40 % failed
+    area = tmp_path / "storage" / "tenants" / TENANT / "receipts"
+    assert sorted(p.name for p in Path(area).iterdir()) == ["x.status.json"]
+    assert len(set((area / "x.status.json").read_bytes())) == 1
+
+
+def test_failed_write_file_leaves_no_temporary(
+    tmp_path: Path, store: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while writing: disk_full, and nothing left behind in the area."""
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage_mod.os, "fsync", full)
+    with pytest.raises(StorageError) as raised:
+        store.write_file(TENANT, Area.RECEIPTS, "x.status.json", b"{}")
+    assert raised.value.reason == "disk_full"
+    assert list((tmp_path / "storage" / "tenants" / TENANT / "receipts").iterdir()) == []
