@@ -29,8 +29,9 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
+# Two workers (CI has 2 cores); a file's tests stay on one worker (module fixtures).
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Long fuzzing run (issue 8 §1): FUZZ_EXAMPLES cases per file (the ledger file
 # runs a third of them); `make test` runs the default 10,000. ~8 min at 100,000.

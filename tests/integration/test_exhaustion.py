@@ -54,6 +54,10 @@ SMALL_SPOOL = 24 * MiB
 """The spool keeps a 16 MiB margin free (gateway.spool), so its filesystem is larger."""
 LISTING = 10_000
 LISTING_SECONDS = 20.0
+"""Bound on a 10,000-entry listing on a quiet machine; under load see LISTING_LINEAR."""
+CALIBRATION = 1_000
+LISTING_LINEAR = 30
+"""A 10,000-entry listing may take this many times a 1,000-entry one (linear: 10)."""
 LISTING_GROWTH_KIB = 64 * 1024
 
 
@@ -448,8 +452,14 @@ def test_very_long_names_are_refused_audited_and_bounded(tmp_path: Path) -> None
 # -- 10,000-entry listings -----------------------------------------------------------------------
 
 
+def _timed_listing(sftp: paramiko.SFTPClient, count: int) -> float:
+    started = time.monotonic()
+    assert len(sftp.listdir_attr("/receipts")) == count
+    return time.monotonic() - started
+
+
 def test_ten_thousand_receipts_are_listed_within_bounds(tmp_path: Path) -> None:
-    """/receipts with 10,000 entries: each full listing within 20 s, RSS growth bounded."""
+    """/receipts with 10,000 entries: each full listing within 20 s (or linear), RSS bounded."""
     gw = Site(tmp_path, "gw")
     gw.add_tenant(TENANT, forward="pull")
     ward = Ward(gw, "ward1")
@@ -459,7 +469,12 @@ def test_ten_thousand_receipts_are_listed_within_bounds(tmp_path: Path) -> None:
         client, sftp = ward.login()
         sftp.listdir("/receipts")  # the tenant's directories exist now
         receipts = gw.tenant_dir(TENANT) / "receipts"
-        for number in range(LISTING):
+        for number in range(CALIBRATION):
+            (receipts / f"20260715-KAIGO-{number:06d}.receipt.json").write_bytes(b"{}\n")
+        # The same listing at a tenth of the size, timed on this machine as it is loaded now
+        # (other test workers may run beside this one): the bound scales with it.
+        calibration = min(_timed_listing(sftp, CALIBRATION) for _ in range(3))
+        for number in range(CALIBRATION, LISTING):
             (receipts / f"20260715-KAIGO-{number:06d}.receipt.json").write_bytes(b"{}\n")
         before = _rss_kib(gw.proc.pid)
         times, growth = [], []
@@ -470,7 +485,7 @@ def test_ten_thousand_receipts_are_listed_within_bounds(tmp_path: Path) -> None:
             assert len(entries) == LISTING
             growth.append(_rss_kib(gw.proc.pid) - before)
         client.close()
-        assert max(times) < LISTING_SECONDS, times
+        assert max(times) < max(LISTING_SECONDS, LISTING_LINEAR * calibration), (times, calibration)
         assert max(growth) < LISTING_GROWTH_KIB, growth
         assert growth[2] - growth[0] < 8 * 1024, growth  # repeated listings do not accumulate
         assert [e["count"] for e in gw.events("sftp_listed", path="/receipts")][-3:] == [
