@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.auth_handler import AuthHandler
 
 from custody import keys
-from gateway import policy
+from gateway import policy, sftp_buffers
 from gateway.audit import AuditLog
 from gateway.sftp_fs import (
     _SFTP,
@@ -179,7 +179,8 @@ def start_transport(
         server: The drop server.
         on_pulled: The pull-confirmation hook; None refuses every confirmation.
     """
-    transport = _Transport(sock)
+    sftp_buffers.install()  # before the transport can open a channel
+    transport = _Transport(sftp_buffers.ReadAheadSocket(sock))
     transport.local_version = SERVER_VERSION
     options = transport.get_security_options()
     options.kex = tuple(k for k in KEX if k in options.kex)

@@ -46,6 +46,8 @@ QUARANTINE_DIR = "quarantine"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 HASH_CHUNK_BYTES = 1 << 20
+CREDIT_BYTES = 1 << 20
+"""Quota and free space an upload reserves ahead of its writes (see Storage._reserve)."""
 MAX_COMPONENT_BYTES = 255
 QUOTA_AREAS = (Area.INBOX, Area.OUTBOX)
 """Areas whose files count against a tenant's quota (receipts are the gateway's)."""
@@ -354,27 +356,42 @@ class Storage:
             if self._writers.get((upload.tenant, upload.name)) is upload:
                 del self._writers[(upload.tenant, upload.name)]
 
-    def _reserve(self, upload: "Upload", fd: int, end: int, grow: int) -> None:
-        """Check the limits for a write ending at ``end`` that adds ``grow`` bytes."""
+    def _reserve(self, upload: "Upload", fd: int, grow: int) -> None:
+        """Reserve room for ``grow`` more bytes of ``upload`` (added to its ``credit``).
+
+        A writer reserves :data:`CREDIT_BYTES` beyond what it needs when that still
+        fits, and spends the credit on its next writes without coming back here
+        (one free-space check and one pass through the storage-wide lock per
+        credit, not per 32 KiB write). Near a limit it reserves exactly ``grow``,
+        so every refusal is exact for a single writer; concurrent writers may be
+        refused up to one credit each early. A tenant's usage is its stored bytes
+        plus the credit its open uploads hold; closing an upload drops its credit.
+
+        Raises:
+            StorageError: ``disk_reserve`` or ``quota_exceeded``.
+        """
         limits = self.limits
-        if end > limits.max_upload_bytes:
-            raise StorageError("upload_too_large", "the upload exceeds the maximum upload size")
-        if grow <= 0:
-            return
         try:
             vfs = os.fstatvfs(fd)
         except OSError as exc:
             raise _os_error(exc) from None
-        if vfs.f_bavail * vfs.f_frsize - grow < limits.reserve_free_bytes:
+        free = vfs.f_bavail * vfs.f_frsize - limits.reserve_free_bytes
+        if free < grow:
             raise StorageError("disk_reserve", "the gateway's disk is full; try again later")
         with self._lock:
             used = self._usage.get(upload.tenant)
             if used is None:
-                used = self._tenant_usage(upload.tenant)
-            if used + grow > limits.tenant_quota_bytes:
+                used = self._tenant_usage(upload.tenant) + sum(
+                    writer.credit for (tenant, _), writer in self._writers.items()
+                    if tenant == upload.tenant
+                )  # fmt: skip
+            room = min(free, limits.tenant_quota_bytes - used)
+            if room < grow:
                 self._usage[upload.tenant] = used
                 raise StorageError("quota_exceeded", "the upload exceeds the tenant's quota")
-            self._usage[upload.tenant] = used + grow
+            reserved = grow + CREDIT_BYTES if room >= grow + CREDIT_BYTES else grow
+            self._usage[upload.tenant] = used + reserved
+            upload.credit += reserved
 
     def _unreserve(self, tenant: str) -> None:
         with self._lock:

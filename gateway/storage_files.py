@@ -28,6 +28,8 @@ class Upload:
         self._fd = fd
         self._lock = threading.Lock()
         self._superseded = False
+        self.credit = 0
+        """Bytes reserved (quota, free space) and not written yet: see Storage._reserve."""
         self.size = os.fstat(fd).st_size
 
     def write(self, offset: int, data: bytes, *, append: bool = False) -> None:
@@ -48,14 +50,19 @@ class Upload:
             if offset < 0 or offset > self.size:
                 raise StorageError("hole", "writes must continue from the stored size")
             end = offset + len(data)
+            if end > self._storage.limits.max_upload_bytes:
+                raise StorageError("upload_too_large", "the upload exceeds the maximum upload size")
             grow = max(0, end - self.size)
-            self._storage._reserve(self, self._fd, end, grow)
+            if grow > self.credit:
+                self._storage._reserve(self, self._fd, grow - self.credit)
             try:
                 _write_all(self._fd, offset, data)
             except OSError as exc:
+                self.credit = 0
                 self._storage._unreserve(self.tenant)
                 self.size = os.fstat(self._fd).st_size
                 raise _os_error(exc) from None
+            self.credit -= grow
             self.size = max(self.size, end)
 
     def truncate(self) -> None:
@@ -66,6 +73,7 @@ class Upload:
             except OSError as exc:
                 raise _os_error(exc) from None
             self.size = 0
+            self.credit = 0
         self._storage._unreserve(self.tenant)
 
     def supersede(self) -> None:
@@ -79,6 +87,7 @@ class Upload:
             if self._fd < 0:
                 return
             fd, self._fd = self._fd, -1
+            unreserve, self.credit = self.credit > 0, 0
             try:
                 os.fsync(fd)
             except OSError:
@@ -86,6 +95,8 @@ class Upload:
             finally:
                 os.close(fd)
         self._storage._release(self)
+        if unreserve:
+            self._storage._unreserve(self.tenant)  # recount without the unused credit
 
 
 class Reader:

@@ -301,3 +301,64 @@ def test_failed_write_file_leaves_no_temporary(
         store.write_file(TENANT, Area.RECEIPTS, "x.status.json", b"{}")
     assert raised.value.reason == "disk_full"
     assert list((tmp_path / "storage" / "tenants" / TENANT / "receipts").iterdir()) == []
+
+
+def _count_statvfs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fstatvfs
+
+    def counting(fd: int) -> os.statvfs_result:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(storage_mod.os, "fstatvfs", counting)
+    return calls
+
+
+def test_writes_spend_a_credit_between_limit_checks(
+    store: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 KiB writes check free space and quota once per CREDIT_BYTES, not once per write."""
+    calls = _count_statvfs(monkeypatch)
+    upload = store.open_upload(TENANT, PART, create=True, truncate=False, exclusive=False)
+    block = b"x" * 32768
+    writes = 4 * storage_mod.CREDIT_BYTES // len(block)
+    for number in range(writes):
+        upload.write(number * len(block), block)
+    upload.close()
+    assert 1 <= len(calls) <= 4, len(calls)
+    assert store.usage(TENANT) == writes * len(block)  # the unused credit is not counted
+
+
+def test_quota_refusal_stays_exact_near_the_limit(tmp_path: Path) -> None:
+    """Within a credit of the quota a writer reserves exactly what it writes: the last byte
+    that fits is accepted and the first that does not is refused."""
+    quota = storage_mod.CREDIT_BYTES + 100
+    store = _storage(tmp_path / "s", tenant_quota_bytes=quota)
+    upload = store.open_upload(TENANT, PART, create=True, truncate=False, exclusive=False)
+    upload.write(0, b"a" * 50)  # reserves 50 and a credit
+    upload.write(50, b"b" * (quota - 50))
+    with pytest.raises(StorageError) as refused:
+        upload.write(quota, b"c")
+    assert refused.value.reason == "quota_exceeded"
+    upload.close()
+    assert store.stat(TENANT, Area.INBOX, PART).size == quota
+
+
+def test_a_second_writer_sees_the_first_writers_credit_released_at_close(
+    tmp_path: Path,
+) -> None:
+    """Credit held by an open upload counts against the quota until that upload closes."""
+    quota = 2 * storage_mod.CREDIT_BYTES
+    store = _storage(tmp_path / "s", tenant_quota_bytes=quota)
+    first = store.open_upload(TENANT, PART, create=True, truncate=False, exclusive=False)
+    first.write(0, b"a")  # 1 byte + one credit reserved
+    other = "20260715-KAIGO-7F3KQ3.age.part"
+    second = store.open_upload(TENANT, other, create=True, truncate=False, exclusive=False)
+    second.write(0, b"b" * (quota - 1 - storage_mod.CREDIT_BYTES))  # what is left: exact
+    with pytest.raises(StorageError):
+        second.write(quota - 1 - storage_mod.CREDIT_BYTES, b"b")
+    first.close()  # its unused credit is given back
+    second.write(quota - 1 - storage_mod.CREDIT_BYTES, b"b" * storage_mod.CREDIT_BYTES)
+    second.close()
+    assert store.usage(TENANT) == quota

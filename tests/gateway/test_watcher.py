@@ -70,3 +70,20 @@ def test_watcher_sees_tenants_created_later(tmp_path: Path) -> None:
         assert got.wait(5)
     finally:
         watcher.stop()
+
+
+def test_watcher_does_not_ask_the_kernel_for_write_events(tmp_path: Path) -> None:
+    """The inotify mask leaves out IN_MODIFY: upload writes do not wake the watcher."""
+    from watchdog.observers.inotify_c import InotifyConstants
+
+    watcher = Watcher(tmp_path, lambda _batch: None)
+    watcher.start()
+    try:
+        emitters = list(watcher._observer.emitters)
+        assert emitters
+        for emitter in emitters:
+            mask = emitter.get_event_mask_from_filter()
+            assert not mask & InotifyConstants.IN_MODIFY
+            assert mask & InotifyConstants.IN_MOVED_TO and mask & InotifyConstants.IN_CLOSE_WRITE
+    finally:
+        watcher.stop()
