@@ -36,6 +36,7 @@ from client import certificate, ledger
 from client.config import ClientConfig
 from client.errors import ClientError, ConfigError, UsageError
 from client.i18n import _
+from envelope import manifest
 
 CHECK_VALID = "valid"
 """Signed by the pinned print-site key and matching the ward's ledger."""
@@ -281,11 +282,27 @@ def verify_file(config: ClientConfig, path: Path) -> certificate.Verified:
     ward_key = ledger.load_key(config.path(config.identity.private_key), "identity.private_key")
     try:
         checked = certificate.check_data(config, data, key, ward_key.public_key())
+        named = _named_batch(path)
+        if named is not None and named != checked.batch_id:  # B.erasure.json holding A's
+            raise certificate.CertificateError(
+                _("it is the certificate of batch {found}, stored under {batch}").format(
+                    found=checked.batch_id, batch=named
+                ),
+                certificate.REASON_MISMATCH,
+            )
     except certificate.CertificateError as exc:
         raise certificate.CertificateError(
             _("{path}: does not verify: {reason}").format(path=path, reason=exc), exc.reason
         ) from None
     return _record(config, ward_key, checked)
+
+
+def _named_batch(path: Path) -> str | None:
+    """The batch a ``<batch>.erasure.json`` file name claims, else None (any other name)."""
+    stem = path.name.removesuffix(certificate.CERTIFICATE_SUFFIX)
+    if stem == path.name or not manifest.BATCH_ID_RE.fullmatch(stem):
+        return None
+    return stem
 
 
 def _record(

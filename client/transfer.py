@@ -53,6 +53,8 @@ AUTH_TIMEOUT_MIN_SECONDS = 30.0
 """The gateway verifies passwords with argon2id and delays failures: allow time."""
 WINDOW_BYTES = 8 << 20
 MAX_PACKET_BYTES = 32768
+GATEWAY_TEMPORARY = "try again later"
+"""How the gateway's SFTP failure messages mark a condition that clears by itself (a full disk)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,13 @@ class Session:
                     _(
                         "{what}: the connection to the gateway at {where} was lost ({reason})"
                     ).format(what=what, where=self._endpoint.address, reason=_reason(exc)),
+                    hint=_("the command is safe to run again; an interrupted upload resumes"),
+                ) from None
+            if GATEWAY_TEMPORARY in str(exc):  # its disk is full: not a refusal (exit 75)
+                raise TemporaryError(
+                    _("{what}: the gateway cannot take it now: {reason}").format(
+                        what=what, reason=_reason(exc)
+                    ),
                     hint=_("the command is safe to run again; an interrupted upload resumes"),
                 ) from None
             raise ClientError(

@@ -302,11 +302,9 @@ class Completer:
                     quarantined_as=moved,
                 )
                 fixed += 1
-            for batch in self._store.list_batches(tenant):
+            for batch in self._store.list_batches(tenant, states={BatchState.RECEIVED}):
                 name = file_name(batch.batch_id, NameKind.RECEIPT)
-                if batch.state is BatchState.RECEIVED and not self._storage.exists(
-                    tenant, Area.RECEIPTS, name
-                ):
+                if not self._storage.exists(tenant, Area.RECEIPTS, name):
                     self._write_receipt(batch, {"tenant": tenant, "batch": batch.batch_id})
                     fixed += 1
         return fixed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -133,13 +134,22 @@ class BatchTables:
             ).fetchone()
         return _batch(row) if row else None
 
-    def list_batches(self, tenant: str | None = None) -> list[BatchRecord]:
-        """Batches (of one tenant, or all), oldest first."""
+    def list_batches(
+        self, tenant: str | None = None, *, states: Collection[BatchState] | None = None
+    ) -> list[BatchRecord]:
+        """Batches (of one tenant, or all; in ``states`` only when given), oldest first."""
         query = f"SELECT {_BATCH_COLUMNS} FROM batches"  # noqa: S608
+        where: list[str] = []
         params: tuple[str, ...] = ()
         if tenant is not None:
-            query += " WHERE tenant = ?"
+            where.append("tenant = ?")
             params = (tenant,)
+        if states is not None:
+            values = sorted({s.value for s in states})
+            where.append(f"state IN ({', '.join('?' for _ in values)})")
+            params += tuple(values)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         with self._tx() as conn:
             rows = conn.execute(query + " ORDER BY received_at, batch_id", params).fetchall()
         return [_batch(row) for row in rows]

@@ -131,6 +131,20 @@ def test_reverifying_adds_no_second_entry_and_the_ledger_verifies(
     assert checked.out.startswith("ok: ") and "2 records" in checked.out
 
 
+def test_a_file_named_for_another_batch_is_refused(
+    tmp_path: Path, client: CliRunner, sealed: dict[str, Any]
+) -> None:
+    """B.erasure.json holding A's genuine certificate: exit 1 (the name claims B was erased);
+    the same bytes under A's name, or a name that names no batch, verify as A."""
+    data = kit.signed(kit.body(sealed, PRINTSITE_KEY), PRINTSITE_KEY)
+    before = (tmp_path / LEDGER).read_bytes()
+    misnamed = _write(tmp_path, data, f"{UNKNOWN_BATCH}.erasure.json")
+    done = _verify(client, misnamed)
+    _refused(done, tmp_path, before, f"batch {sealed['batch']}", f"stored under {UNKNOWN_BATCH}")
+    for name in (f"{sealed['batch']}.erasure.json", "copy-from-the-gateway.json"):
+        assert _verify(client, _write(tmp_path, data, name)).code == 0
+
+
 def test_one_changed_byte_is_refused(
     tmp_path: Path, client: CliRunner, sealed: dict[str, Any]
 ) -> None:

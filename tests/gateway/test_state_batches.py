@@ -152,3 +152,15 @@ def test_status_seq_only_grows(store: StateStore) -> None:
     assert batch is not None and batch.status_seq == 3
     with pytest.raises(StateError):
         store.update_batch("20260715-KAIGO-AAAAAA", attempts=1)
+
+
+def test_list_batches_by_state_reads_only_those(store: StateStore) -> None:
+    """The certificate poll asks for FORWARDED/PULLED only, never the whole history."""
+    for number in range(200):
+        store.insert_batch(_batch(f"20260715-KAIGO-{number:06d}"))
+    store.transition("20260715-KAIGO-000007", S.RECEIVED, S.VERIFIED, None, T0)
+    store.transition("20260715-KAIGO-000007", S.VERIFIED, S.FORWARDED, None, T0)
+    found = store.list_batches(states={S.FORWARDED, S.PULLED})
+    assert [b.batch_id for b in found] == ["20260715-KAIGO-000007"]
+    assert store.list_batches(tenant="nobody", states={S.RECEIVED}) == []
+    assert len(store.list_batches(states={S.RECEIVED})) == 200

@@ -229,7 +229,7 @@ def test_full_storage_fails_cleanly_truncates_nothing_and_recovers(
         # An upload into the full disk: the ward's send fails, a valid prefix, nothing completes.
         second, second_data = ward.envelope(3 * MiB)
         refused = ward.send(second)
-        assert refused.code in (1, 75), refused.err
+        assert refused.code == 75, refused.err  # temporary: safe to retry
         assert "disk is full" in refused.err
         print(f"send into a full disk: exit {refused.code}: {refused.err.strip().splitlines()[0]}")
         part = inbox / f"{second}.age.part"

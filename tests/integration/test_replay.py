@@ -320,8 +320,14 @@ def test_ward_never_records_one_batch_erasure_for_another(world: World) -> None:
     # A's certificate re-signed for tenant minato: the ward's tenant does not match
     result = _verify(world, f"{a}.erasure.json", _certificate(world, a, tenant=OTHER_TENANT))
     assert result.code == 1 and "tenant" in result.err, result.err
-    # A's certificate under B's name: it is A's (and says so); B stays unerased
+    # A's certificate under B's name: refused (the name claims B); nothing recorded
     result = _verify(world, f"{b}.erasure.json", _certificate(world, a))
+    assert result.code == 1 and f"it is the certificate of batch {a}, stored under {b}" in (
+        result.err
+    ), result.err
+    assert _erasures(world, b) == [] and _erasures(world, a) == []
+    # under its own name it is A's
+    result = _verify(world, f"{a}.erasure.json", _certificate(world, a))
     assert result.out.startswith(f"ok: {a}: "), (result.out, result.err)
     assert _erasures(world, b) == [] and len(_erasures(world, a)) == 1
     # the gateway serving A's certificate as B's: status saves it and calls it invalid
