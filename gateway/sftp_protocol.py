@@ -27,6 +27,10 @@ wire itself, for a client that sends hand-made packets (issue 8 §1):
   work: a client that stops reading is cut at the idle timeout like one that
   stops writing (see ``Connection.busy`` in :mod:`gateway.server`). Once the
   channel is closed, requests still buffered are dropped, not served.
+- **Answers in batches.** While more requests are already buffered, answers
+  are queued (up to :data:`FLUSH_BYTES`) and sent together before the loop
+  would wait for the client: pipelined uploads cost one SSH packet per run of
+  statuses, and no answer ever waits on the client.
 """
 
 import contextlib
@@ -81,6 +85,10 @@ MAX_PROTOCOL_ERRORS = 256
 MAX_AUDITED_ERRORS = 32
 """Protocol errors audited one by one per session (the rest are counted)."""
 SFTP_VERSION = 3
+FLUSH_BYTES = 64 * 1024
+"""Answers are held back while more requests are already waiting, up to this many bytes,
+and then sent together: one SSH packet (one encryption, one ``send``) for a run of
+pipelined WRITE statuses instead of one each."""
 EXTENSIONS = ("posix-rename@openssh.com", "1")
 """Advertised in VERSION: the one extension served."""
 SFTP_BAD_MESSAGE: int = paramiko.SFTP_BAD_MESSAGE
@@ -140,12 +148,16 @@ class SFTPProtocol(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is un
         super().__init__(channel, name, server, **kw)
         self._conn = server.conn
         self._working = False
+        self._outgoing: list[bytes] = []
+        self._outgoing_bytes = 0
 
     # -- framing -----------------------------------------------------------------------------
 
     def _read_all(self, n: int) -> bytes:
         chunks = []
         while n > 0:
+            if self._outgoing and not self.sock.recv_ready():
+                self._flush()  # never wait for the client with answers held back
             chunk = self.sock.recv(n)
             if not chunk:
                 raise EOFError()
@@ -166,6 +178,16 @@ class SFTPProtocol(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is un
         return data[0], data[1:]
 
     def _write_all(self, out: bytes) -> None:
+        """Queue an answer; sent with the others once no request is waiting (or 64 KiB)."""
+        self._outgoing.append(out)
+        self._outgoing_bytes += len(out)
+        if self._outgoing_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        self._outgoing_bytes = 0
         while out:
             with self._waiting_for_client():
                 sent = self.sock.send(out)
@@ -315,6 +337,8 @@ class SFTPProtocol(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is un
                     "sftp_refused", op="session", reason="too_many_errors",
                     count=sftp.protocol_errors,
                 )  # fmt: skip
+            with contextlib.suppress(Exception):
+                self._flush()  # the answers so far, this one included
             self.sock.close()
 
     def _send_status(self, request_number: int, code: int, desc: str | None = None) -> None:

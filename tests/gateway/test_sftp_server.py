@@ -304,3 +304,48 @@ def test_accepted_sockets_have_tcp_nodelay(serve: Factory) -> None:
     ]
     sftp.get_channel().get_transport().close()
     assert flags and all(flags)
+
+
+def _raw_request(kind: int, request_id: int, path: bytes) -> bytes:
+    body = bytes([kind]) + request_id.to_bytes(4, "big") + len(path).to_bytes(4, "big") + path
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_answers_to_requests_already_waiting_go_out_together(
+    serve: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INIT and 60 STATs sent in one go: 61 answers, in order, in a few sends (not 61)."""
+    from gateway import sftp_protocol
+
+    flushes: list[int] = []
+    real = sftp_protocol.SFTPProtocol._flush
+
+    def counting(self: sftp_protocol.SFTPProtocol) -> None:
+        flushes.append(self._outgoing_bytes)
+        real(self)
+
+    monkeypatch.setattr(sftp_protocol.SFTPProtocol, "_flush", counting)
+    served = serve()
+    channel = served.sftp().get_channel()
+    transport = channel.get_transport()
+    raw = transport.open_session()
+    raw.invoke_subsystem("sftp")
+    requests = b"\x00\x00\x00\x05\x01\x00\x00\x00\x03"  # INIT, version 3
+    requests += b"".join(_raw_request(17, number, b"/inbox") for number in range(60))  # STAT
+    raw.sendall(requests)
+    received = b""
+    answers: list[tuple[int, int]] = []
+    while len(answers) < 61:
+        chunk = raw.recv(65536)
+        assert chunk, "the channel closed early"
+        received += chunk
+        while len(received) >= 4 and len(received) >= 4 + int.from_bytes(received[:4], "big"):
+            size = int.from_bytes(received[:4], "big")
+            packet, received = received[4 : 4 + size], received[4 + size :]
+            answers.append((packet[0], int.from_bytes(packet[1:5], "big")))
+    transport.close()
+    assert answers[0][0] == 2  # VERSION
+    assert [number for kind, number in answers[1:]] == list(range(60))
+    assert {kind for kind, _ in answers[1:]} == {105}  # ATTRS
+    print(f"{len(flushes)} sends for {len(answers)} answers")
+    assert 1 <= len(flushes) <= 20, flushes  # the first session's few, then this one's
