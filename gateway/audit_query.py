@@ -1,11 +1,13 @@
 """Reading the audit log: verify it, search it, export it, follow it.
 
 :func:`verify` is the only reader that checks anything: the chain line by line
-and every signed checkpoint. :func:`search`, :func:`export` and :func:`tail`
-trust the bytes they read (run ``audit verify`` first) but never crash on them:
-a line that is not a JSON object is an :class:`AuditError` naming its line,
-and a torn last line (a write in progress, or a crash the writer will repair)
-is skipped.
+and every signed checkpoint, on a snapshot taken under a shared flock (a
+running ``serve`` appends and checkpoints under an exclusive one), so a record
+being written is never mistaken for a torn, tampered line. :func:`search`,
+:func:`export` and :func:`tail` trust the bytes they read (run ``audit verify``
+first) but never crash on them: a line that is not a JSON object is an
+:class:`AuditError` naming its line, and a torn last line (a write in progress,
+or a crash the writer will repair) is skipped.
 
 Time filters: ``since <= time < until``; naive datetimes are taken as local time.
 Exports are written atomically (a temporary file in the same directory, fsynced,
@@ -19,6 +21,7 @@ Excel would run as a formula (starting ``= + - @``, tab or CR) get a leading
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -113,16 +116,27 @@ def verify(log: Path, checkpoints: Path, public_key: Ed25519PublicKey) -> AuditR
     """
     signer = fingerprint(public_key)
     try:
-        docs = _load_checkpoints(checkpoints)
-    except AuditError as exc:
-        return AuditReport(False, 0, GENESIS, None, None, str(exc), signer=signer)
-    seqs = [body.get("seq") for body in (doc.get("body") for doc in docs) if isinstance(body, dict)]
-    last = max((s for s in seqs if isinstance(s, int)), default=None)
-    try:
-        with log.open("rb") as stream:
-            report = verify_chain(_lines(stream), checkpoints=docs, public_key=public_key)
+        stream = log.open("rb")
     except OSError as exc:
         raise _unreadable(log, exc) from None
+    with stream:
+        # A snapshot while serve may be writing: writers append whole lines and write
+        # checkpoints under an exclusive flock on the log, so under a shared one the
+        # log ends at a line boundary and every checkpoint covers what is there.
+        with _shared_lock(stream.fileno()):
+            size = os.fstat(stream.fileno()).st_size
+            try:
+                docs = _load_checkpoints(checkpoints)
+            except AuditError as exc:
+                return AuditReport(False, 0, GENESIS, None, None, str(exc), signer=signer)
+        try:
+            report = verify_chain(
+                _lines(_Prefix(stream, size)), checkpoints=docs, public_key=public_key
+            )
+        except OSError as exc:
+            raise _unreadable(log, exc) from None
+    seqs = [body.get("seq") for body in (doc.get("body") for doc in docs) if isinstance(body, dict)]
+    last = max((s for s in seqs if isinstance(s, int)), default=None)
     return AuditReport(
         report.ok,
         report.records,
@@ -285,7 +299,31 @@ def _record(line: bytes, log: Path, line_no: int | None) -> dict[str, object]:
     return value
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+@contextlib.contextmanager
+def _shared_lock(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _Prefix:
+    """The first ``size`` bytes of a stream, read line by line."""
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def readline(self, limit: int) -> bytes:
+        if self._left <= 0:
+            return b""
+        line = self._stream.readline(min(limit, self._left))
+        self._left -= len(line)
+        return line
+
+
+def _lines(stream: "IO[bytes] | _Prefix") -> Iterator[bytes]:
     """A file's lines, each cut at MAX_LINE_BYTES + 1 so a huge line cannot exhaust memory."""
     while line := stream.readline(MAX_LINE_BYTES + 1):
         yield line

@@ -1,6 +1,7 @@
 """Tests for gateway.audit_query: verify, search, export and tail of the audit log."""
 
 import csv
+import fcntl
 import io
 import threading
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,7 +12,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custody import generate_private_key, verify_chain
 from gateway.audit import AuditError, AuditLog
-from gateway.audit_query import CSV_COLUMNS, AuditReport, export, records, search, tail, verify
+from gateway.audit_query import (
+    CSV_COLUMNS,
+    AuditReport,
+    _lines,
+    _Prefix,
+    export,
+    records,
+    search,
+    tail,
+    verify,
+)
 
 JST = timezone(timedelta(hours=9))
 START = datetime(2025, 7, 1, 9, 0, 0, tzinfo=JST)
@@ -150,6 +161,47 @@ def test_verify_of_a_missing_log_raises(paths: tuple[Path, Path], key: Ed25519Pr
     paths[1].write_bytes(b"")
     with pytest.raises(AuditError, match="cannot read"):
         verify(*paths, key.public_key())
+
+
+def test_verify_never_sees_a_line_a_writer_is_still_appending(
+    written: tuple[Path, Path], key: Ed25519PrivateKey
+) -> None:
+    """A writer holds the log's flock while it appends: verify reads only whole lines then.
+
+    Half a record is written under the writer's lock; verify started meanwhile waits and,
+    once the line is whole, reports the intact log (before: a torn line, i.e. tampering)."""
+    log, _checkpoints = written
+    line = b'{"event":"x","seq":7}\n'
+    with log.open("ab") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        writer.write(line[:9])
+        writer.flush()
+        reports: list[AuditReport] = []
+        reader = threading.Thread(target=lambda: reports.append(verify(*written, key.public_key())))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive()  # waiting for the writer
+        writer.truncate(log.stat().st_size - 9)  # the writer gives up: the log as it was
+        writer.flush()
+        fcntl.flock(writer.fileno(), fcntl.LOCK_UN)
+    reader.join(10)
+    assert reports[0].ok and reports[0].records == len(EVENTS), reports
+
+
+def test_verify_reads_only_what_was_there_when_it_started(
+    written: tuple[Path, Path], key: Ed25519PrivateKey
+) -> None:
+    """Records appended while verify reads are not read (they may be mid-write)."""
+    log, _checkpoints = written
+    size = log.stat().st_size
+    stream = log.open("rb")
+    try:
+        with log.open("ab") as writer:
+            writer.write(b"half a line")
+        lines = list(_lines(_Prefix(stream, size)))
+    finally:
+        stream.close()
+    assert b"".join(lines) == log.read_bytes()[:size] and lines[-1].endswith(b"\n")
 
 
 @pytest.mark.parametrize(
