@@ -1,187 +1,32 @@
 """`lgwan-gateway serve` as a real process on 127.0.0.1, driven by a paramiko client.
 
 One test per refusal rule of the drop service: two-step login, allow lists,
-locks, channel types, algorithms, hostile paths, tenant isolation, caps and
-timeouts, limits; plus resume after a killed connection and a clean SIGTERM
-stop. Gateways are made with the real ``init``; accounts are added through the
-``gateway.accounts`` API on the same state database (faster than one CLI
-process per account). The audit log is read as JSON lines.
+locks, channel types, algorithms, hostile paths, tenant isolation; plus resume
+after a killed connection (caps, timeouts, limits and stopping are in
+``test_drop_limits.py``; the harness in ``drop_kit.py``).
 """
 
 import base64
 import hashlib
-import json
 import os
-import re
-import secrets
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import paramiko
 import pytest
 
 from custody import KIND_RECEIPT, keys, loads_record, verify_record
-from gateway.accounts import Accounts
-from gateway.config import AuthSection
-from gateway.state import StateStore
-from tests.conftest import BIN, run_cli
-
-PASSWORD = "correct-horse-battery-staple"
-_LISTENING = re.compile(r"^listening on 127\.0\.0\.1:(\d+)\n$")
-_SUFFIX = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_batch() -> str:
-    """A fresh batch id."""
-    return "20260715-KAIGO-" + "".join(secrets.choice(_SUFFIX) for _ in range(6))
-
-
-@dataclass
-class Ward:
-    """An account and its key pair."""
-
-    name: str
-    tenant: str
-    key: paramiko.Ed25519Key
-
-
-class Gateway:
-    """A gateway root made by ``init``, its accounts and a running ``serve``."""
-
-    def __init__(self, base: Path, settings: dict[str, dict[str, int]]) -> None:
-        self.base = base
-        self.root = base / "gw"
-        done = run_cli("lgwan-gateway", "init", "--root", self.root, cwd=base)
-        assert done.code == 0, done.err
-        text = (self.root / "gateway.toml").read_text()
-        settings = {**settings, "auth": {"failure_delay_ms": 0, **settings.get("auth", {})}}
-        for section, values in settings.items():
-            for key, value in values.items():
-                pattern = rf"(?ms)(^\[{section}\]$.*?^{key} = )\S+$"
-                text, count = re.subn(pattern, rf"\g<1>{value}", text, count=1)
-                assert count == 1, (section, key)
-        (self.root / "gateway.toml").write_text(text)
-        self.store = StateStore.open(self.root / "state.db", create=False)
-        self.accounts = Accounts(self.store, AuthSection(failure_delay_ms=0))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def add(self, name: str, tenant: str, role: str = "ward", allow: tuple[str, ...] = ()) -> Ward:
-        """Create an account with a fresh Ed25519 key."""
-        private = keys.generate_private_key()
-        line = keys.public_key_to_openssh(private.public_key())
-        self.accounts.add(name, role, tenant, line, list(allow), PASSWORD)
-        pem = keys.private_key_to_openssh(private).decode()
-        return Ward(name, tenant, paramiko.Ed25519Key(file_obj=_StringIO(pem)))
-
-    def start(self) -> None:
-        """Run ``serve --listen 127.0.0.1:0`` and read the port from its one line."""
-        self.proc = subprocess.Popen(
-            [str(BIN / "lgwan-gateway"), "--config", str(self.root / "gateway.toml"), "serve",
-             "--listen", "127.0.0.1:0"],
-            cwd=self.base, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline().decode()
-        match = _LISTENING.match(line)
-        assert match, f"serve did not start: {line!r}"
-        self.port = int(match.group(1))
-
-    def stop(self) -> tuple[int, bytes, bytes]:
-        """SIGTERM the server; return its exit status, the rest of stdout and stderr."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
-        self.store.close()
-        return self.proc.returncode, out, err
-
-    def events(self, event: str | None = None, **match: object) -> list[dict[str, Any]]:
-        """Audit records (optionally of one event, with matching fields)."""
-        found = []
-        for line in (self.root / "audit" / "audit.jsonl").read_bytes().splitlines():
-            with suppress(ValueError):
-                record = json.loads(line)
-                if (event is None or record["event"] == event) and all(
-                    record.get(k) == v for k, v in match.items()
-                ):
-                    found.append(record)
-        return found
-
-    def wait_event(self, event: str, timeout: float = 10, **match: object) -> dict[str, Any]:
-        """The first matching audit record, waiting for it to be written."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(event, **match)
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, f"no {event} {match} in the audit log"
-            time.sleep(0.05)
-
-    def tenant_dir(self, tenant: str) -> Path:
-        return self.root / "storage" / "tenants" / tenant
-
-
-class _StringIO:
-    """Minimal file object for paramiko's key loader."""
-
-    def __init__(self, text: str) -> None:
-        self._lines = text.splitlines(keepends=True)
-
-    def readlines(self) -> list[str]:
-        return self._lines
-
-    def read(self) -> str:
-        return "".join(self._lines)
-
-
-def connect(gw: Gateway, source: str = "127.0.0.1", **security: tuple[str, ...]) -> Any:
-    """An SSH client transport after the key exchange (not logged in)."""
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0))
-    transport = paramiko.Transport(sock)
-    options = transport.get_security_options()
-    for name, value in security.items():
-        setattr(options, name, value)
-    transport.start_client(timeout=10)
-    return transport
-
-
-def source_of(transport: Any) -> str:
-    """The ``source`` field the server audits for this client."""
-    host, port = transport.sock.getsockname()[:2]
-    return f"{host}:{port}"
-
-
-@contextmanager
-def session(
-    gw: Gateway, ward: Ward, key: paramiko.PKey | None = None, source: str = "127.0.0.1"
-) -> Iterator[paramiko.SFTPClient]:
-    """Log in with password then key, yield an SFTP client; wait for the server to let go."""
-    transport = connect(gw, source)
-    where = source_of(transport)
-    try:
-        assert transport.auth_password(ward.name, PASSWORD, fallback=False) == ["publickey"]
-        transport.auth_publickey(ward.name, key or ward.key)
-        yield paramiko.SFTPClient.from_transport(transport)
-    finally:
-        transport.close()
-        gw.wait_event("connection_closed", source=where)
-
-
-def upload(sftp: paramiko.SFTPClient, batch: str, data: bytes) -> None:
-    """Upload as the client does: write .part, rename to .age."""
-    with sftp.open(f"/inbox/{batch}.age.part", "w") as handle:
-        handle.set_pipelined(True)
-        handle.write(data)
-    sftp.rename(f"/inbox/{batch}.age.part", f"/inbox/{batch}.age")
-
+from tests.integration.drop_kit import (
+    PASSWORD,
+    Gateway,
+    Ward,
+    connect,
+    new_batch,
+    session,
+    source_of,
+    upload,
+)
 
 # -- fixtures ------------------------------------------------------------------------------------
 
@@ -205,27 +50,6 @@ def alice(drop: Gateway) -> Ward:
 def bob(drop: Gateway) -> Ward:
     """A ward account of another tenant, minato."""
     return drop.add("bob", "minato")
-
-
-@pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway with small caps, timeouts and limits, already serving."""
-    gw = Gateway(
-        tmp_path_factory.mktemp("tight"),
-        {
-            "server": {
-                "login_grace_seconds": 2,
-                "idle_timeout_seconds": 2,
-                "max_unauthenticated": 4,
-                "max_sessions_per_account": 1,
-                "max_connections_per_source": 3,
-            },
-            "storage": {"max_upload_bytes": 300_000, "tenant_quota_bytes": 500_000},
-        },
-    )
-    gw.start()
-    yield gw
-    assert gw.stop() == (0, b"", b"")
 
 
 # -- login ---------------------------------------------------------------------------------------
@@ -635,164 +459,6 @@ def test_resume_after_a_killed_connection_then_receipt_verifies(drop: Gateway, a
     drop.wait_event("receipt_signed", batch=batch)
     closed = drop.events("sftp_closed", batch=batch, mode="write")
     assert sum(r["size_bytes"] for r in closed) >= len(data)
-
-
-# -- caps, timeouts, limits ----------------------------------------------------------------------
-
-
-def _raw(gw: Gateway, source: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0))
-    return sock
-
-
-def _refused(sock: socket.socket) -> bool:
-    """True when the server closed without sending its SSH banner."""
-    try:
-        return sock.recv(64) == b""
-    except ConnectionResetError:
-        return True
-
-
-def _close_all(gw: Gateway, socks: list[socket.socket]) -> None:
-    where = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in socks]
-    for sock in socks:
-        sock.close()
-    for source in where:
-        gw.wait_event("connection_closed", source=source)
-
-
-def test_max_connections_per_source(tight: Gateway) -> None:
-    """The fourth concurrent connection from one address is refused and audited."""
-    socks = [_raw(tight, "127.0.0.5") for _ in range(3)]
-    try:
-        assert all(s.recv(64).startswith(b"SSH-2.0-lgwan-gateway") for s in socks)
-        extra = _raw(tight, "127.0.0.5")
-        assert _refused(extra)
-        extra.close()
-    finally:
-        _close_all(tight, socks)
-    tight.wait_event("connection_refused", reason="max_connections_per_source")
-
-
-def test_max_unauthenticated(tight: Gateway) -> None:
-    """Beyond max_unauthenticated pending logins (all sources) connections are refused."""
-    socks = [_raw(tight, "127.0.0.6") for _ in range(2)] + [
-        _raw(tight, "127.0.0.7") for _ in range(2)
-    ]
-    try:
-        assert all(s.recv(64).startswith(b"SSH-2.0-") for s in socks)
-        extra = _raw(tight, "127.0.0.8")
-        assert _refused(extra)
-        extra.close()
-    finally:
-        _close_all(tight, socks)
-    tight.wait_event("connection_refused", reason="max_unauthenticated")
-
-
-def test_login_grace_timeout(tight: Gateway) -> None:
-    """A connection that does not log in within login_grace_seconds is cut."""
-    sock = _raw(tight, "127.0.0.9")
-    started = time.monotonic()
-    assert sock.recv(64).startswith(b"SSH-2.0-")
-    sock.sendall(b"SSH-2.0-slowpoke\r\n")
-    while sock.recv(4096):
-        pass
-    assert time.monotonic() - started >= 1.5
-    where = f"127.0.0.9:{sock.getsockname()[1]}"
-    sock.close()
-    closed = tight.wait_event("connection_closed", source=where)
-    assert closed["reason"] == "login_grace_timeout"
-
-
-def test_idle_timeout(tight: Gateway) -> None:
-    """A logged-in session without SFTP activity for idle_timeout_seconds is closed."""
-    gina = tight.add("gina", "tight")
-    with session(tight, gina) as sftp:
-        sftp.listdir("/inbox")
-        where = source_of(sftp.get_channel().get_transport())
-        time.sleep(2.8)
-        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
-            sftp.listdir("/inbox")
-    assert tight.wait_event("connection_closed", source=where)["reason"] == "idle_timeout"
-
-
-def test_max_sessions_per_account(tight: Gateway) -> None:
-    """A second concurrent login of the same account is refused."""
-    hank = tight.add("hank", "tight")
-    with session(tight, hank) as sftp:
-        sftp.listdir("/")
-        second = connect(tight)
-        try:
-            second.auth_password("hank", PASSWORD, fallback=False)
-            with pytest.raises(paramiko.AuthenticationException):
-                second.auth_publickey("hank", hank.key)
-        finally:
-            second.close()
-    tight.wait_event("connection_refused", user="hank", reason="max_sessions_per_account")
-    with session(tight, hank) as sftp:
-        assert sftp.listdir("/") == ["inbox", "receipts"]
-
-
-def test_upload_size_limit_keeps_the_part_resumable(tight: Gateway) -> None:
-    """Writing past max_upload_bytes fails; the .part keeps its prefix, nothing completes."""
-    ivy = tight.add("ivy", "limits")
-    batch = new_batch()
-    data = os.urandom(400_000)
-    with session(tight, ivy) as sftp:
-        with sftp.open(f"/inbox/{batch}.age.part", "w") as handle, pytest.raises(OSError):
-            handle.write(data)
-        stored = sftp.stat(f"/inbox/{batch}.age.part").st_size
-        assert 0 < stored <= 300_000
-        assert f"{batch}.age" not in sftp.listdir("/inbox")
-    on_disk = (tight.tenant_dir("limits") / "inbox" / f"{batch}.age.part").read_bytes()
-    assert on_disk == data[: len(on_disk)]
-    assert tight.events("sftp_refused", user="ivy", reason="upload_too_large")
-
-
-def test_tenant_quota_fails_the_write_and_frees_on_remove(tight: Gateway) -> None:
-    """Past the tenant quota writes fail; removing the .part frees the space again."""
-    jack = tight.add("jack", "quota")
-    first, second = new_batch(), new_batch()
-    with session(tight, jack) as sftp:
-        upload(sftp, first, os.urandom(280_000))
-        with sftp.open(f"/inbox/{second}.age.part", "w") as handle, pytest.raises(OSError):
-            handle.write(os.urandom(280_000))
-        assert f"{second}.age" not in sftp.listdir("/inbox")
-        sftp.remove(f"/inbox/{second}.age.part")
-        upload(sftp, second, os.urandom(200_000))
-    assert tight.events("sftp_refused", user="jack", reason="quota_exceeded")
-    assert tight.store.get_batch(second) is not None
-
-
-# -- stopping ------------------------------------------------------------------------------------
-
-
-def test_sigterm_stops_cleanly_and_open_uploads_stay_part(tmp_path: Path) -> None:
-    """SIGTERM: exit 0, only the listening line printed, .part kept, stop audited and signed."""
-    gw = Gateway(tmp_path, {})
-    kate = gw.add("kate", "shinjuku")
-    gw.start()
-    batch = new_batch()
-    transport = connect(gw)
-    transport.auth_password("kate", PASSWORD, fallback=False)
-    transport.auth_publickey("kate", kate.key)
-    sftp = paramiko.SFTPClient.from_transport(transport)
-    handle = sftp.open(f"/inbox/{batch}.age.part", "w")
-    handle.write(b"x" * 100_000)
-    code, out, err = gw.stop()
-    transport.close()
-    assert (code, out, err) == (0, b"", b"")
-    part = gw.tenant_dir("shinjuku") / "inbox" / f"{batch}.age.part"
-    assert part.stat().st_size == 100_000
-    assert not part.with_name(f"{batch}.age").exists()
-    names = [r["event"] for r in gw.events()]
-    assert names[-1] == "server_stopped"
-    assert gw.events("connection_closed", reason="server_stopping")
-    assert gw.events("sftp_closed", batch=batch, size_bytes=100_000)
-    verified = run_cli(
-        "lgwan-gateway", "--config", gw.root / "gateway.toml", "audit", "verify", cwd=tmp_path
-    )
-    assert verified.code == 0, verified.err
 
 
 def _b64_sha256(blob: bytes) -> str:

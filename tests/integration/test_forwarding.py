@@ -4,7 +4,7 @@ Wards upload with paramiko as `lgwan-client send` does; the gateway verifies,
 forwards to a file:// spool or publishes for pull, quarantines what is not a
 sealed batch, retries an unavailable destination, and states every change in
 a signed status record. Gateways are made with the real ``init`` (helpers from
-test_drop_service); tenant routes are appended to their gateway.toml.
+drop_kit); tenant routes are appended to their gateway.toml.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from envelope import age
 from gateway.state import BatchRecord, BatchState, StateStore
 from tests.conftest import run_cli
 from tests.gateway.pipeline_kit import BAD_UPLOADS, envelope
-from tests.integration.test_drop_service import Gateway, Ward, new_batch, session, upload
+from tests.integration.drop_kit import Gateway, Ward, new_batch, session, upload
 
 FAST = {"forwarder": {"backoff_initial_ms": 100, "backoff_max_seconds": 1}}
 HAPPY = ["received", "verified", "forwarding", "forwarded"]
@@ -75,13 +76,22 @@ class Site:
         """States the batch went through, from the state database."""
         return [e.state.value for e in self.gw.store.events(batch_id)]
 
-    def status(self, tenant: str, batch_id: str) -> dict[str, object]:
-        """The batch's status record, verified with the gateway's signing key."""
+    def status(self, tenant: str, batch_id: str, settled: str | None = None) -> dict[str, object]:
+        """The batch's status record, verified with the gateway's signing key.
+
+        With ``settled``, waits up to 10 s for the record to say that state: the
+        forwarder writes it at the end of its pass, just after the audit event.
+        """
         path = self.gw.tenant_dir(tenant) / "receipts" / f"{batch_id}.status.json"
         public = (self.gw.root / "keys" / "gateway_signing_ed25519.pub").read_bytes()
-        return verify_record(
-            loads_record(path.read_bytes()), load_public_key(public), kind=KIND_STATUS
-        )
+        deadline = time.monotonic() + 10
+        while True:
+            body = verify_record(
+                loads_record(path.read_bytes()), load_public_key(public), kind=KIND_STATUS
+            )
+            if settled is None or body["state"] == settled or time.monotonic() > deadline:
+                return body
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +197,7 @@ def test_pull_route_waits_in_the_contractors_outbox_until_confirmed(site: Site) 
     pulled = site.gw.wait_event("batch_pulled", batch=batch)
     assert pulled["user"] == "cecil"
     assert site.history(batch) == ["received", "verified", "forwarded", "pulled"]
-    assert site.status("chuo", batch)["state"] == "pulled"
+    assert site.status("chuo", batch, settled="pulled")["state"] == "pulled"
     assert not (site.gw.tenant_dir("chuo") / "inbox" / f"{batch}.age").exists()
 
 
@@ -208,7 +218,7 @@ def test_unavailable_destination_is_retried_until_it_is_back(site: Site, case: s
     history = site.history(batch)
     assert history[:4] == ["received", "verified", "forwarding", "failed_retrying"]
     assert history[-2:] == ["forwarding", "forwarded"]
-    assert site.status(ward.tenant, batch)["state"] == "forwarded"
+    assert site.status(ward.tenant, batch, settled="forwarded")["state"] == "forwarded"
 
 
 def test_batch_recorded_while_serve_was_down_is_forwarded_at_start_up(tmp_path: Path) -> None:

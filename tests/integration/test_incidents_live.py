@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.gateway.pipeline_kit import BAD_UPLOADS
-from tests.integration.test_drop_service import Gateway, connect, new_batch, session, upload
+from tests.integration.drop_kit import Gateway, connect, new_batch, session, upload
 
 ATTACKER = "127.0.0.2"
 SETTINGS = {"auth": {"max_failures": 3, "source_failures_per_minute": 5}}
