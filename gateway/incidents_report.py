@@ -14,10 +14,6 @@ written atomically, mode 0600.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,19 +25,18 @@ from reportlab.pdfgen.canvas import Canvas
 
 from gateway.incidents import Findings, Incident
 from gateway.pdf import (
-    GOTHIC,
     JST,
     LATIN,
     MARGIN,
     MINCHO,
-    PRIVATE_MODE,
     draw_bilingual,
     draw_text,
     format_jst,
     text_width,
-    wrap,
     write_pdf,
 )
+from gateway.report_table import HEADING_GREY, Grid, heading_lines, wrap_cell
+from gateway.report_table import write_csv as write_table_csv
 
 TITLE_JA = "事故報告書"
 TITLE_EN = "Incident report"
@@ -94,11 +89,10 @@ FOOTER_HEIGHT = 10.0
 _TOP_FIRST = 165.0
 """Title (78), the details (5 rows of 15) and a gap, on page 1."""
 _TOP_OTHER = 40.0
+GRID = Grid(MARGIN, [width for _, _, width in COLUMNS], pad=CELL_PAD, leading=CELL_LEADING)
 
-_GREY = Color(0.90, 0.90, 0.90)
 _LIGHT = Color(0.97, 0.97, 0.97)
 _ALERT = Color(1.0, 0.86, 0.86)
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -117,40 +111,29 @@ def kind_label(kind: str) -> tuple[str, str]:
 
 
 def write_csv(out: Path, incidents: Sequence[Incident]) -> None:
-    """Write the rows as CSV (UTF-8 with BOM, CRLF) atomically, mode 0600.
-
-    Cells starting with a formula character get a leading ``'``.
+    """Write the rows as CSV (:func:`gateway.report_table.write_csv`: BOM, atomic, 0600).
 
     Raises:
         OSError: The file could not be written; ``out`` is left as it was.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_HEADER)
-            for row in incidents:
-                cells = [
-                    row.at.astimezone(JST).isoformat(timespec="seconds"),
-                    kind_label(row.kind)[0],
-                    row.kind,
-                    row.user,
-                    row.tenant,
-                    row.batch,
-                    row.source,
-                    row.detail,
-                    "" if row.seq is None else str(row.seq),
-                ]
-                writer.writerow([_defang(cell) for cell in cells])
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(PRIVATE_MODE)
-        tmp.replace(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_table_csv(
+        out,
+        CSV_HEADER,
+        (
+            [
+                row.at.astimezone(JST).isoformat(timespec="seconds"),
+                kind_label(row.kind)[0],
+                row.kind,
+                row.user,
+                row.tenant,
+                row.batch,
+                row.source,
+                row.detail,
+                "" if row.seq is None else str(row.seq),
+            ]
+            for row in incidents
+        ),
+    )
 
 
 def render_pdf(out: Path, context: Context) -> None:
@@ -163,7 +146,7 @@ def render_pdf(out: Path, context: Context) -> None:
 
     def draw(canvas: Canvas) -> None:
         canvas.setPageSize((PAGE_WIDTH, PAGE_HEIGHT))
-        header = [_header_cell(ja, en, width) for ja, en, width in COLUMNS]
+        header = [heading_lines(ja, en, width - 2 * CELL_PAD) for ja, en, width in COLUMNS]
         header_h = max(len(lines) for lines in header) * CELL_LEADING + 2 * CELL_PAD
         laid = [_lay_out(row) for row in rows] or [_nothing()]
         pages = _paginate([height for height, _ in laid], header_h)
@@ -174,7 +157,7 @@ def render_pdf(out: Path, context: Context) -> None:
                 y = PAGE_HEIGHT - MARGIN - _TOP_FIRST
             else:
                 y = _draw_continued(canvas)
-            y = _draw_header_row(canvas, y, header, header_h)
+            y = GRID.heading_row(canvas, y, header, header_h)
             for i in indexes:
                 alert = bool(rows) and rows[i].kind == "audit_tampered"
                 y = _draw_row(canvas, y, laid[i], shade=_ALERT if alert else _stripe(i))
@@ -211,26 +194,12 @@ def _lay_out(row: Incident) -> tuple[float, list[list[str]]]:
     """Row height and each cell's wrapped lines."""
     cells = []
     for text, (_, _, width) in zip(_cells(row), COLUMNS, strict=True):
-        lines = _wrap_cell(text, width - 2 * CELL_PAD) if text else []
+        lines = wrap_cell(text, width - 2 * CELL_PAD, size=CELL_SIZE) if text else []
         if len(lines) > MAX_CELL_LINES:
             lines = [*lines[: MAX_CELL_LINES - 1], "…"]
         cells.append(lines)
     height = max(1, *(len(c) for c in cells)) * CELL_LEADING + 2 * CELL_PAD
     return height, cells
-
-
-def _wrap_cell(text: str, width: float) -> list[str]:
-    """Wrap a cell; a word wider than the cell (a batch id, a path) is broken anywhere."""
-    lines: list[str] = []
-    for line in wrap(text, size=CELL_SIZE, width=width):
-        while text_width(line, size=CELL_SIZE) > width and len(line) > 1:
-            cut = len(line) - 1
-            while cut > 1 and text_width(line[:cut], size=CELL_SIZE) > width:
-                cut -= 1
-            lines.append(line[:cut])
-            line = line[cut:]
-        lines.append(line)
-    return lines
 
 
 def _paginate(heights: Sequence[float], header_h: float) -> list[list[int]]:
@@ -249,10 +218,6 @@ def _paginate(heights: Sequence[float], header_h: float) -> list[list[int]]:
 
 def _stripe(i: int) -> Color | None:
     return _LIGHT if i % 2 else None
-
-
-def _defang(cell: str) -> str:
-    return f"'{cell}" if cell.startswith(_FORMULA_START) else cell
 
 
 # --- drawing ------------------------------------------------------------------------------
@@ -293,12 +258,12 @@ def _draw_details(canvas: Canvas, y: float, context: Context) -> None:
     row_h, label_w = 15.0, 128.0
     canvas.setLineWidth(0.6)
     for ja, en, value in pairs:
-        canvas.setFillColor(_GREY if findings.intact or ja != "監査ログ検証" else _ALERT)
+        canvas.setFillColor(HEADING_GREY if findings.intact or ja != "監査ログ検証" else _ALERT)
         canvas.rect(MARGIN, y - row_h, label_w, row_h, stroke=0, fill=1)
         canvas.setFillColor(black)
         draw_bilingual(canvas, MARGIN + 5, y - row_h + 4.5, ja, en, size=8)
         room = CONTENT_WIDTH - label_w - 12
-        shown = _wrap_cell(value, room)[0] if value else ""
+        shown = wrap_cell(value, room, size=CELL_SIZE)[0] if value else ""
         draw_text(canvas, MARGIN + label_w + 6, y - row_h + 4.5, shown, size=8.5)
         canvas.rect(MARGIN, y - row_h, CONTENT_WIDTH, row_h)
         y -= row_h
@@ -311,39 +276,12 @@ def _draw_continued(canvas: Canvas) -> float:
     return PAGE_HEIGHT - MARGIN - _TOP_OTHER
 
 
-def _header_cell(ja: str, en: str, width: float) -> list[tuple[str, str, float]]:
-    """Lines of a heading cell: (font, text, size); Japanese then the English beneath."""
-    inner = width - 2 * CELL_PAD
-    lines = [(GOTHIC, line, 8.0) for line in wrap(ja, size=8.0, width=inner)]
-    lines += [(LATIN, line, 6.0) for line in wrap(en, size=6.0, width=inner, font=LATIN)]
-    return lines
-
-
-def _draw_header_row(
-    canvas: Canvas, y: float, header: list[list[tuple[str, str, float]]], height: float
-) -> float:
-    canvas.setFillColor(_GREY)
-    canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height, stroke=0, fill=1)
-    canvas.setFillColor(black)
-    x = MARGIN
-    for lines, (_, _, width) in zip(header, COLUMNS, strict=True):
-        baseline = y - CELL_PAD - 7.5
-        for font, text, size in lines:
-            draw_text(canvas, x + CELL_PAD, baseline, text, size=size, font=font)
-            baseline -= CELL_LEADING
-        x += width
-    _grid(canvas, y, height)
-    return y - height
-
-
 def _draw_row(
     canvas: Canvas, y: float, laid: tuple[float, list[list[str]]], *, shade: Color | None
 ) -> float:
     height, cells = laid
     if shade is not None:
-        canvas.setFillColor(shade)
-        canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height, stroke=0, fill=1)
-        canvas.setFillColor(black)
+        GRID.shade(canvas, y, height, shade)
     x = MARGIN
     for lines, (_, _, width) in zip(cells, COLUMNS, strict=True):
         baseline = y - CELL_PAD - 7.0
@@ -351,17 +289,8 @@ def _draw_row(
             draw_text(canvas, x + CELL_PAD, baseline, line, size=CELL_SIZE)
             baseline -= CELL_LEADING
         x += width
-    _grid(canvas, y, height)
+    GRID.rule(canvas, y, height)
     return y - height
-
-
-def _grid(canvas: Canvas, y: float, height: float) -> None:
-    canvas.setLineWidth(0.5)
-    canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height)
-    x = MARGIN
-    for _, _, width in COLUMNS[:-1]:
-        x += width
-        canvas.line(x, y, x, y - height)
 
 
 def _draw_footer(canvas: Canvas, findings: Findings, number: int, total: int) -> None:

@@ -18,10 +18,6 @@ formula prefixed with ``'``. Both are written atomically, mode 0600.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,19 +28,18 @@ from reportlab.lib.pagesizes import A4, landscape
 from reportlab.pdfgen.canvas import Canvas
 
 from gateway.pdf import (
-    GOTHIC,
     JST,
     LATIN,
     MARGIN,
     MINCHO,
-    PRIVATE_MODE,
     draw_bilingual,
     draw_text,
     format_jst,
     text_width,
-    wrap,
     write_pdf,
 )
+from gateway.report_table import HEADING_GREY, Grid, heading_lines, wrap_cell
+from gateway.report_table import write_csv as write_table_csv
 from gateway.state import OpenRecord, PrintRecord
 
 TITLE_JA = "印刷記録簿"
@@ -101,10 +96,9 @@ TOTALS_HEIGHT = 62.0
 """The totals box (two rows) and the legend under the table."""
 _TOP_OTHER = 40.0
 _MAX_OPENINGS_SHOWN = 4
+GRID = Grid(MARGIN, [width for _, _, width in COLUMNS], pad=CELL_PAD, leading=CELL_LEADING)
 
-_GREY = Color(0.90, 0.90, 0.90)
 _REPRINT_SHADE = Color(1.0, 0.90, 0.72)
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -142,44 +136,32 @@ def totals(prints: Sequence[PrintRecord]) -> Totals:
 
 
 def write_csv(out: Path, report: PrintReport) -> None:
-    """Write the print log as CSV (UTF-8 with BOM, CRLF), then a totals row; atomically, 0600.
+    """Write the print log as CSV, then a totals row (:func:`gateway.report_table.write_csv`).
 
     Raises:
         OSError: the file could not be written; ``out`` is left as it was.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_HEADER)
-            for number, p in enumerate(report.prints, 1):
-                cells = [
-                    str(number),
-                    p.printed_at.astimezone(JST).isoformat(timespec="seconds"),
-                    p.computer,
-                    p.file_name,
-                    p.printer,
-                    str(p.sheets),
-                    _handler(p.handler, report.full_names, sep=" "),
-                    str(p.occurrence),
-                    "yes" if p.occurrence > 1 else "no",
-                    p.reason or "",
-                ]
-                writer.writerow([_defang(cell) for cell in cells])
-            sums = totals(report.prints)
-            writer.writerow(
-                ["合計 (total)", "", "", f"{sums.prints} prints", "", str(sums.sheets), "", "",
-                 f"{sums.reprints} reprints ({sums.reprint_sheets} sheets)", ""]
-            )  # fmt: skip
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(PRIVATE_MODE)
-        tmp.replace(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    sums = totals(report.prints)
+    rows = [
+        [
+            str(number),
+            p.printed_at.astimezone(JST).isoformat(timespec="seconds"),
+            p.computer,
+            p.file_name,
+            p.printer,
+            str(p.sheets),
+            _handler(p.handler, report.full_names, sep=" "),
+            str(p.occurrence),
+            "yes" if p.occurrence > 1 else "no",
+            p.reason or "",
+        ]
+        for number, p in enumerate(report.prints, 1)
+    ]
+    rows.append(
+        ["合計 (total)", "", "", f"{sums.prints} prints", "", str(sums.sheets), "", "",
+         f"{sums.reprints} reprints ({sums.reprint_sheets} sheets)", ""]
+    )  # fmt: skip
+    write_table_csv(out, CSV_HEADER, rows)
 
 
 def render_pdf(out: Path, report: PrintReport) -> None:
@@ -191,7 +173,7 @@ def render_pdf(out: Path, report: PrintReport) -> None:
 
     def draw(canvas: Canvas) -> None:
         canvas.setPageSize((PAGE_WIDTH, PAGE_HEIGHT))
-        header = [_header_cell(ja, en, width) for ja, en, width in COLUMNS]
+        header = [heading_lines(ja, en, width - 2 * CELL_PAD) for ja, en, width in COLUMNS]
         header_h = max(len(lines) for lines in header) * CELL_LEADING + 2 * CELL_PAD
         laid = [_lay_out(number, p, report.full_names) for number, p in enumerate(report.prints, 1)]
         top_first = _top_first(report)
@@ -204,7 +186,7 @@ def render_pdf(out: Path, report: PrintReport) -> None:
             else:
                 y = _draw_continued(canvas, report.batch_id)
             if indexes or number == 1:
-                y = _draw_header_row(canvas, y, header, header_h)
+                y = GRID.heading_row(canvas, y, header, header_h)
             for i in indexes:
                 y = _draw_row(canvas, y, laid[i], reprint=report.prints[i].occurrence > 1)
             if number == len(pages):
@@ -227,10 +209,6 @@ def render_pdf(out: Path, report: PrintReport) -> None:
 def _handler(name: str, full_names: Mapping[str, str], *, sep: str) -> str:
     full = full_names.get(name, "")
     return f"{full}{sep}({name})" if full else name
-
-
-def _defang(cell: str) -> str:
-    return f"'{cell}" if cell.startswith(_FORMULA_START) else cell
 
 
 def _when(at: datetime) -> str:
@@ -260,34 +238,12 @@ def _lay_out(
     """Row height and each cell's wrapped lines."""
     cells = []
     for text, (_, _, width) in zip(_cells(number, p, full_names), COLUMNS, strict=True):
-        lines = _wrap_cell(text, width - 2 * CELL_PAD) if text else []
+        lines = wrap_cell(text, width - 2 * CELL_PAD, size=CELL_SIZE) if text else []
         if len(lines) > MAX_CELL_LINES:
             lines = [*lines[: MAX_CELL_LINES - 1], "…"]
         cells.append(lines)
     height = max(1, *(len(c) for c in cells)) * CELL_LEADING + 2 * CELL_PAD
     return height, cells
-
-
-def _wrap_cell(text: str, width: float) -> list[str]:
-    """Wrap a cell; a word wider than the cell (a host name, a hash) is broken anywhere."""
-    lines: list[str] = []
-    for line in wrap(text, size=CELL_SIZE, width=width):
-        while text_width(line, size=CELL_SIZE) > width and len(line) > 1:
-            cut = len(line) - 1
-            while cut > 1 and text_width(line[:cut], size=CELL_SIZE) > width:
-                cut -= 1
-            lines.append(line[:cut])
-            line = line[cut:]
-        lines.append(line)
-    return lines
-
-
-def _header_cell(ja: str, en: str, width: float) -> list[tuple[str, str, float]]:
-    """Lines of a heading cell: (font, text, size); Japanese then the English beneath."""
-    inner = width - 2 * CELL_PAD
-    lines = [(GOTHIC, line, 8.0) for line in wrap(ja, size=8.0, width=inner)]
-    lines += [(LATIN, line, 6.0) for line in wrap(en, size=6.0, width=inner, font=LATIN)]
-    return lines
 
 
 # --- layout -----------------------------------------------------------------------------------
@@ -365,12 +321,12 @@ def _draw_details(canvas: Canvas, y: float, report: PrintReport) -> None:
     row_h, label_w = 15.0, 110.0
     canvas.setLineWidth(0.6)
     for ja, en, value in _detail_rows(report):
-        canvas.setFillColor(_GREY)
+        canvas.setFillColor(HEADING_GREY)
         canvas.rect(MARGIN, y - row_h, label_w, row_h, stroke=0, fill=1)
         canvas.setFillColor(black)
         draw_bilingual(canvas, MARGIN + 5, y - row_h + 4.5, ja, en, size=8)
         inner = CONTENT_WIDTH - label_w - 12
-        shown = _wrap_cell(value, inner)[0] if value else ""
+        shown = wrap_cell(value, inner, size=CELL_SIZE)[0] if value else ""
         draw_text(canvas, MARGIN + label_w + 6, y - row_h + 4.5, shown, size=CELL_SIZE + 0.5)
         canvas.rect(MARGIN, y - row_h, CONTENT_WIDTH, row_h)
         y -= row_h
@@ -383,31 +339,12 @@ def _draw_continued(canvas: Canvas, batch: str) -> float:
     return PAGE_HEIGHT - MARGIN - _TOP_OTHER
 
 
-def _draw_header_row(
-    canvas: Canvas, y: float, header: list[list[tuple[str, str, float]]], height: float
-) -> float:
-    canvas.setFillColor(_GREY)
-    canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height, stroke=0, fill=1)
-    canvas.setFillColor(black)
-    x = MARGIN
-    for lines, (_, _, width) in zip(header, COLUMNS, strict=True):
-        baseline = y - CELL_PAD - 7.5
-        for font, text, size in lines:
-            draw_text(canvas, x + CELL_PAD, baseline, text, size=size, font=font)
-            baseline -= CELL_LEADING
-        x += width
-    _grid(canvas, y, height)
-    return y - height
-
-
 def _draw_row(
     canvas: Canvas, y: float, laid: tuple[float, list[list[str]]], *, reprint: bool
 ) -> float:
     height, cells = laid
     if reprint:
-        canvas.setFillColor(_REPRINT_SHADE)
-        canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height, stroke=0, fill=1)
-        canvas.setFillColor(black)
+        GRID.shade(canvas, y, height, _REPRINT_SHADE)
     x = MARGIN
     for index, (lines, (_, _, width)) in enumerate(zip(cells, COLUMNS, strict=True)):
         baseline = y - CELL_PAD - 7.0
@@ -419,17 +356,8 @@ def _draw_row(
                 draw_text(canvas, x + CELL_PAD, baseline, line, size=CELL_SIZE)
             baseline -= CELL_LEADING
         x += width
-    _grid(canvas, y, height)
+    GRID.rule(canvas, y, height)
     return y - height
-
-
-def _grid(canvas: Canvas, y: float, height: float) -> None:
-    canvas.setLineWidth(0.5)
-    canvas.rect(MARGIN, y - height, CONTENT_WIDTH, height)
-    x = MARGIN
-    for _, _, width in COLUMNS[:-1]:
-        x += width
-        canvas.line(x, y, x, y - height)
 
 
 def _draw_totals(canvas: Canvas, y: float, sums: Totals) -> None:
@@ -450,7 +378,7 @@ def _draw_totals(canvas: Canvas, y: float, sums: Totals) -> None:
     )
     canvas.setLineWidth(0.6)
     for ja, en, value, of_which in rows:
-        canvas.setFillColor(_GREY)
+        canvas.setFillColor(HEADING_GREY)
         canvas.rect(MARGIN, y - row_h, label_w, row_h, stroke=0, fill=1)
         canvas.setFillColor(black)
         draw_bilingual(canvas, MARGIN + 5, y - row_h + 5, ja, en, size=8.5)

@@ -10,15 +10,10 @@ ISO 8601 with their +09:00 offset) so spreadsheet programs read the Japanese.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from reportlab.lib.colors import Color, black
 from reportlab.pdfgen.canvas import Canvas
 
 from gateway.pdf import (
@@ -27,7 +22,6 @@ from gateway.pdf import (
     MARGIN,
     PAGE_HEIGHT,
     PAGE_WIDTH,
-    PRIVATE_MODE,
     draw_bilingual,
     draw_text,
     format_jst,
@@ -36,6 +30,8 @@ from gateway.pdf import (
     wrap,
     write_pdf,
 )
+from gateway.report_table import HEADING_GREY, Grid
+from gateway.report_table import write_csv as write_table_csv
 from gateway.state import StaffMember
 
 TITLE_JA = "取扱責任者及び取扱者名簿"
@@ -68,8 +64,7 @@ CELL_LEADING = 11.5
 CELL_PAD = 4.0
 FOOTER_Y = MARGIN - 16
 
-_GREY = Color(0.90, 0.90, 0.90)
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+GRID = Grid(MARGIN, WIDTHS, pad=CELL_PAD, leading=CELL_LEADING)
 
 
 def ordered(members: Sequence[StaffMember]) -> list[StaffMember]:
@@ -94,33 +89,20 @@ def cells(member: StaffMember, number: int, *, bilingual: bool) -> list[str]:
 
 
 def write_csv(out: Path, members: Sequence[StaffMember]) -> None:
-    """Write the roster as CSV (UTF-8 with BOM, CRLF) atomically, mode 0600.
+    """Write the roster as CSV (:func:`gateway.report_table.write_csv`: BOM, atomic, 0600).
 
-    Dates are ISO 8601 with the JST offset. Cells starting with a formula
-    character are prefixed with ``'`` so a spreadsheet shows them as text.
+    Dates are ISO 8601 with the JST offset.
 
     Raises:
         OSError: the file could not be written; ``out`` is left as it was.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_HEADER)
-            for number, member in enumerate(ordered(members), 1):
-                row = cells(member, number, bilingual=True)
-                row[5] = _iso(member.created_at)
-                row[6] = "" if member.active else _iso(member.updated_at)
-                writer.writerow([_defang(cell) for cell in row])
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(PRIVATE_MODE)
-        tmp.replace(out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    rows = []
+    for number, member in enumerate(ordered(members), 1):
+        row = cells(member, number, bilingual=True)
+        row[5] = _iso(member.created_at)
+        row[6] = "" if member.active else _iso(member.updated_at)
+        rows.append(row)
+    write_table_csv(out, CSV_HEADER, rows)
 
 
 def render_pdf(
@@ -227,15 +209,13 @@ def _draw_title(
 
 def _draw_header_row(canvas: Canvas, top: float) -> float:
     x = MARGIN
-    canvas.setFillColor(_GREY)
-    canvas.rect(MARGIN, top - HEADER_HEIGHT, CONTENT_WIDTH, HEADER_HEIGHT, stroke=0, fill=1)
-    canvas.setFillColor(black)
+    GRID.shade(canvas, top, HEADER_HEIGHT, HEADING_GREY)
     for (ja, en, _), width in zip(COLUMNS, WIDTHS, strict=True):
         draw_text(canvas, x + CELL_PAD, top - 11, ja, size=8.5)
         canvas.setFont(LATIN, 6.5)
         canvas.drawString(x + CELL_PAD, top - 21, en)
         x += width
-    _grid(canvas, top, HEADER_HEIGHT)
+    GRID.rule(canvas, top, HEADER_HEIGHT)
     return top - HEADER_HEIGHT
 
 
@@ -248,18 +228,8 @@ def _draw_row(canvas: Canvas, top: float, row: Sequence[Sequence[str]]) -> float
             draw_text(canvas, x + CELL_PAD, y, line, size=CELL_SIZE)
             y -= CELL_LEADING
         x += width
-    _grid(canvas, top, height)
+    GRID.rule(canvas, top, height)
     return top - height
-
-
-def _grid(canvas: Canvas, top: float, height: float) -> None:
-    canvas.setStrokeColor(black)
-    canvas.setLineWidth(0.5)
-    canvas.rect(MARGIN, top - height, CONTENT_WIDTH, height, stroke=1, fill=0)
-    x = MARGIN
-    for width in WIDTHS[:-1]:
-        x += width
-        canvas.line(x, top, x, top - height)
 
 
 def _draw_footer(canvas: Canvas, page: int, pages: int, prepared_at: datetime) -> None:
@@ -276,7 +246,3 @@ def _date(moment: datetime) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(JST).isoformat(timespec="seconds")
-
-
-def _defang(cell: str) -> str:
-    return f"'{cell}" if cell.startswith(_FORMULA_START) else cell
