@@ -19,7 +19,10 @@ user whose password step passed and whose key was accepted.
 :meth:`DropServer.confirm_login` checks exactly that; it runs from the reaper
 tick and, synchronously, before any channel is granted, so no channel can ever
 open for a connection that is not confirmed (and counted against
-``max_sessions_per_account``). It audits ``login_succeeded`` once.
+``max_sessions_per_account``). It audits ``login_succeeded`` once. Every
+:data:`ACCOUNT_CHECK_SECONDS` the reaper re-reads the accounts logged in: a
+session of an account locked by ``user lock`` or removed since is closed
+(``connection_closed`` with reason ``account_locked`` / ``account_removed``).
 
 Caps, refused at accept with ``connection_refused``: ``max_connections_per_source``
 (open connections from one address) and ``max_unauthenticated`` (connections not
@@ -70,6 +73,8 @@ from gateway.state import ROLE_FORWARDER, Account
 
 TICK_SECONDS = 0.05
 """How often the reaper looks at every connection."""
+ACCOUNT_CHECK_SECONDS = 1.0
+"""How often the reaper re-reads logged-in accounts: a locked or removed one is cut."""
 STOP_GRACE_SECONDS = 30.0
 """How long :meth:`DropServer.stop` waits for connection threads to finish."""
 LISTEN_BACKLOG = 128
@@ -484,9 +489,13 @@ class DropServer:
     # -- the reaper --------------------------------------------------------------------------
 
     def _reap_loop(self) -> None:
+        checked = time.monotonic()
         while not self._stopping.wait(TICK_SECONDS):
             with self._lock:
                 connections = list(self._connections)
+            if time.monotonic() - checked >= ACCOUNT_CHECK_SECONDS:
+                checked = time.monotonic()
+                self._cut_withdrawn_accounts(connections)
             for conn in connections:
                 try:
                     self._reap(conn)
@@ -495,6 +504,28 @@ class DropServer:
                     self._emit_quietly(
                         "connection_closed", conn, reason="internal_error", error=str(exc)
                     )
+
+    def _cut_withdrawn_accounts(self, connections: Sequence[Connection]) -> None:
+        """Close the sessions of accounts locked (``user lock``) or removed since they logged in.
+
+        A lockout by failed logins does not count: otherwise anyone could cut a
+        ward's running upload by guessing its password five times.
+        """
+        users = {c.account.name for c in connections if c.logged_in and c.account is not None}
+        if not users:
+            return
+        try:
+            current = {user: self.gateway.store.get_account(user) for user in users}
+        except Exception:  # the state database is busy or failing: try again next time
+            return
+        for conn in connections:
+            if not conn.logged_in or conn.account is None:
+                continue
+            account = current.get(conn.account.name)
+            if account is None:
+                conn.close("account_removed")
+            elif account.admin_locked:
+                conn.close("account_locked")
 
     def _reap(self, conn: Connection) -> None:
         transport = conn.transport

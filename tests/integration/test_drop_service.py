@@ -158,6 +158,24 @@ def test_locked_account_is_refused(drop: Gateway) -> None:
     drop.wait_event("login_failed", user="erin", reason="admin_locked")
 
 
+@pytest.mark.parametrize("withdraw", ["lock", "remove"])
+def test_locking_or_removing_an_account_cuts_its_open_session(drop: Gateway, withdraw: str) -> None:
+    """``user lock`` / ``user remove`` while the account is logged in: its session is closed
+    within a few seconds (an upload in flight stays .part) and the close is audited."""
+    name = f"gina-{withdraw}"
+    ward = drop.add(name, "shinjuku")
+    batch = new_batch()
+    with session(drop, ward) as sftp:
+        with sftp.open(f"/inbox/{batch}.age.part", "w") as handle:
+            handle.write(b"x" * 1000)
+        getattr(drop.accounts, withdraw)(name)
+        closed = drop.wait_event("connection_closed", user=name)
+        assert closed["reason"] == f"account_{withdraw}{'ed' if withdraw == 'lock' else 'd'}"
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            sftp.listdir("/inbox")
+    assert (drop.tenant_dir("shinjuku") / "inbox" / f"{batch}.age.part").stat().st_size == 1000
+
+
 def test_repeated_bad_passwords_lock_the_account(drop: Gateway) -> None:
     """Five bad passwords lock the account; then even the right one is refused."""
     drop.add("frank", "shinjuku")
