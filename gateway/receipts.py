@@ -18,7 +18,10 @@ The rename of ``/inbox/X.age.part`` to ``/inbox/X.age`` is the completion event.
 A crash between 2 and 4 leaves ``X.age`` without a database row, and one
 between 4 and 5 a row without a receipt; :meth:`Completer.recover` (run when
 the server starts) renames the first back to ``.part`` and signs the missing
-receipts, so no completed file ever exists without its record and receipt.
+receipts, so no completed file ever exists without its record and receipt. A
+crash between 4 and 6 may also have lost the ``upload_completed`` record: for
+a batch without its receipt, recovery reads the log and writes the record
+from the database row when it is missing (``reason`` ``recovered_after_crash``).
 
 A receipt that could not be written while the gateway runs (a full disk: the
 ward's rename fails, "try again later") does not wait for a restart: the
@@ -28,13 +31,14 @@ recorded — once there is room again, the ward's next ``send`` finds it.
 """
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from custody import KIND_RECEIPT, dumps_record, fingerprint, sign_record
+from gateway import audit_query
 from gateway.audit import AuditLog
 from gateway.errors import GatewayError
 from gateway.policy import Area, NameKind, batch_of, file_name, name_kind
@@ -302,9 +306,45 @@ class Completer:
                     quarantined_as=moved,
                 )
                 fixed += 1
-            for batch in self._store.list_batches(tenant, states={BatchState.RECEIVED}):
-                name = file_name(batch.batch_id, NameKind.RECEIPT)
-                if not self._storage.exists(tenant, Area.RECEIPTS, name):
-                    self._write_receipt(batch, {"tenant": tenant, "batch": batch.batch_id})
-                    fixed += 1
+            unsigned = [
+                batch
+                for batch in self._store.list_batches(tenant, states={BatchState.RECEIVED})
+                if not self._storage.exists(
+                    tenant, Area.RECEIPTS, file_name(batch.batch_id, NameKind.RECEIPT)
+                )
+            ]
+            self._audit_unlogged_completions(unsigned)
+            for batch in unsigned:
+                self._write_receipt(batch, {"tenant": tenant, "batch": batch.batch_id})
+                fixed += 1
         return fixed
+
+    def _audit_unlogged_completions(self, batches: Sequence[BatchRecord]) -> None:
+        """Audit ``upload_completed`` for recorded batches the log lacks it for.
+
+        A crash between the database commit and the audit write (step 4 to 6)
+        leaves a RECEIVED batch without its receipt and maybe without its
+        ``upload_completed`` record. Only then (rare: a crash) is the log read
+        once for those batches; each one missing gets the record from the
+        database row, with ``reason`` ``recovered_after_crash``.
+        """
+        if not batches:
+            return
+        wanted = {batch.batch_id for batch in batches}
+        logged = {
+            record.get("batch")
+            for record in audit_query.search(self._audit.path, event="upload_completed")
+            if record.get("batch") in wanted
+        }
+        for batch in batches:
+            if batch.batch_id not in logged:
+                self._audit.emit(
+                    "upload_completed",
+                    user=batch.uploader,
+                    tenant=batch.tenant,
+                    batch=batch.batch_id,
+                    path=f"/inbox/{batch.file_name}",
+                    size_bytes=batch.size,
+                    sha256=batch.sha256,
+                    reason="recovered_after_crash",
+                )

@@ -192,16 +192,27 @@ def test_duplicate_found_at_rename_is_quarantined(serve: Factory) -> None:
 
 def test_recovery_rolls_back_orphans_and_signs_missing_receipts(serve: Factory) -> None:
     """At start, an .age without a DB row goes back to .part; a row without receipt gets one."""
-    other = "20260715-KAIGO-AAAAAA"
+    other, logged = "20260715-KAIGO-AAAAAA", "20260715-KAIGO-BBBBBB"
 
     def crash_leftovers(served: Served) -> None:
         (served.inbox() / f"{BATCH}.age").write_bytes(b"renamed, never recorded")
         now = datetime.now().astimezone()
-        served.gw.store.insert_batch(
-            BatchRecord(
-                other, TENANT, "alice", f"{other}.age", 3, "a" * 64, BatchState.RECEIVED, now, now
+        for batch in (other, logged):
+            served.gw.store.insert_batch(
+                BatchRecord(
+                    batch,
+                    TENANT,
+                    "alice",
+                    f"{batch}.age",
+                    3,
+                    "a" * 64,
+                    BatchState.RECEIVED,
+                    now,
+                    now,
+                )
             )
-        )
+        # ``logged`` crashed after its audit record, ``other`` before it
+        served.gw.audit.emit("upload_completed", user="alice", tenant=TENANT, batch=logged)
 
     served = serve(before=crash_leftovers)
     sftp = served.sftp()
@@ -214,7 +225,12 @@ def test_recovery_rolls_back_orphans_and_signs_missing_receipts(serve: Factory) 
     )
     assert body["batch_id"] == other
     assert served.events("upload_rejected")[0]["reason"] == "completion_interrupted"
-    assert served.events("server_recovered")[0]["files"] == 2
+    assert served.events("server_recovered")[0]["files"] == 3
+    completed = {e["batch"]: e for e in served.events("upload_completed")}
+    assert completed[other]["reason"] == "recovered_after_crash"
+    assert completed[other]["size_bytes"] == 3 and completed[other]["user"] == "alice"
+    assert [e["batch"] for e in served.events("upload_completed")].count(logged) == 1
+    assert "reason" not in completed[logged]
     assert served.gw.store.get_batch(BATCH) is not None
 
 
