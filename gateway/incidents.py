@@ -51,6 +51,7 @@ from gateway.audit_files import AuditError, describe
 from gateway.audit_query import records, verify
 from gateway.envelope_check import Text, _, english
 from gateway.pdf import JST
+from gateway.pipeline import DELIVERED
 from gateway.spool import Arrival, Spool, batch_state
 from gateway.state import BatchRecord, StateStore
 
@@ -85,7 +86,7 @@ KIND_REPRINT = "reprint"
 KIND_CERTIFICATE = "erasure_certificate_rejected"
 KIND_TAMPERED = "audit_tampered"
 
-DELIVERED_STATES = ("forwarded", "pulled")
+DELIVERED_STATES = tuple(sorted(state.value for state in DELIVERED))
 """Gateway batch states (values) that mean the print site has the batch."""
 ERASED = "erased"
 """The value of the erased state, in the spool and in the gateway pipeline."""
@@ -396,8 +397,8 @@ def find_overdue(
                     (now - arrival.arrived_at).days,
                 )
             )
-    for batch in store.list_batches() if store is not None else []:
-        if batch.state.value not in DELIVERED_STATES or batch.batch_id in in_spool:
+    for batch in store.list_batches(states=DELIVERED) if store is not None else []:
+        if batch.batch_id in in_spool:
             continue
         if (spool.root / (batch.batch_id + ERASURE_SUFFIX)).exists():
             continue  # erased here; the gateway has not published the certificate yet
