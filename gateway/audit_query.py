@@ -123,12 +123,16 @@ def verify(log: Path, checkpoints: Path, public_key: Ed25519PublicKey) -> AuditR
         # A snapshot while serve may be writing: writers append whole lines and write
         # checkpoints under an exclusive flock on the log, so under a shared one the
         # log ends at a line boundary and every checkpoint covers what is there.
-        with _shared_lock(stream.fileno()):
-            size = os.fstat(stream.fileno()).st_size
-            try:
-                docs = _load_checkpoints(checkpoints)
-            except AuditError as exc:
-                return AuditReport(False, 0, GENESIS, None, None, str(exc), signer=signer)
+        # Only sizes are taken under the lock (serve's writers wait meanwhile).
+        try:
+            with _shared_lock(stream.fileno()):
+                size = os.fstat(stream.fileno()).st_size
+                cp_stream = _open_checkpoints(checkpoints)
+                cp_size = os.fstat(cp_stream.fileno()).st_size
+            with cp_stream:
+                docs = _parse_checkpoints(checkpoints, _Prefix(cp_stream, cp_size))
+        except AuditError as exc:
+            return AuditReport(False, 0, GENESIS, None, None, str(exc), signer=signer)
         try:
             report = verify_chain(
                 _lines(_Prefix(stream, size)), checkpoints=docs, public_key=public_key
@@ -329,26 +333,28 @@ def _lines(stream: "IO[bytes] | _Prefix") -> Iterator[bytes]:
         yield line
 
 
-def _load_checkpoints(path: Path) -> list[dict[str, object]]:
+def _open_checkpoints(path: Path) -> IO[bytes]:
     try:
-        stream = path.open("rb")
+        return path.open("rb")
     except FileNotFoundError:
         raise AuditError(_("checkpoint file {path} is missing").format(path=path)) from None
     except OSError as exc:
         raise AuditError(
             _("cannot read {path}: {reason}").format(path=path, reason=exc.strerror or exc)
         ) from None
+
+
+def _parse_checkpoints(path: Path, stream: "IO[bytes] | _Prefix") -> list[dict[str, object]]:
     docs: list[dict[str, object]] = []
-    with stream:
-        for line_no, line in enumerate(_lines(stream), 1):
-            try:
-                if not line.endswith(b"\n"):
-                    raise AuditError(_("torn or overlong line"))
-                docs.append(loads_record(line))
-            except (AuditError, CustodyError) as exc:
-                raise AuditError(
-                    _("checkpoint file line {line}: {problem}").format(line=line_no, problem=exc)
-                ) from None
+    for line_no, line in enumerate(_lines(stream), 1):
+        try:
+            if not line.endswith(b"\n"):
+                raise AuditError(_("torn or overlong line"))
+            docs.append(loads_record(line))
+        except (AuditError, CustodyError) as exc:
+            raise AuditError(
+                _("checkpoint file line {line}: {problem}").format(line=line_no, problem=exc)
+            ) from None
     return docs
 
 

@@ -23,7 +23,7 @@ same event handling as paramiko's class (which it subclasses, so
 :func:`install` makes every channel paramiko creates in this process use it
 (``paramiko.channel`` looks ``BufferedPipe`` up when a channel is made); the
 drop service calls it before its first transport starts. paramiko is pinned
-``<6`` and ``tests/gateway/test_channel_buffer.py`` fails if the attribute or
+``<6`` and ``tests/gateway/test_sftp_buffers.py`` fails if the attribute or
 the contract changes.
 
 **Socket reads.** paramiko's packetizer reads each SSH packet with two

@@ -171,6 +171,8 @@ class SFTPProtocol(paramiko.SFTPServer):  # type: ignore[misc]  # paramiko is un
         size = struct.unpack(">I", self._read_all(4))[0]
         if size > MAX_PACKET_BYTES:
             self._note_error("packet", "packet_too_large", declared_bytes=size)
+            with contextlib.suppress(Exception):
+                self._flush()  # the answers to the requests before it
             raise ProtocolError(f"packet of {size} bytes declared")
         data = self._read_all(size)
         if not data:

@@ -145,6 +145,8 @@ class BatchTables:
             where.append("tenant = ?")
             params = (tenant,)
         if states is not None:
+            if not states:
+                return []
             values = sorted({s.value for s in states})
             where.append(f"state IN ({', '.join('?' for _ in values)})")
             params += tuple(values)

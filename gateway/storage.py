@@ -364,8 +364,9 @@ class Storage:
         (one free-space check and one pass through the storage-wide lock per
         credit, not per 32 KiB write). Near a limit it reserves exactly ``grow``,
         so every refusal is exact for a single writer; concurrent writers may be
-        refused up to one credit each early. A tenant's usage is its stored bytes
-        plus the credit its open uploads hold; closing an upload drops its credit.
+        refused up to one credit each early, never let past a limit. A tenant's
+        usage is its stored bytes plus the credit its open uploads hold, and the
+        free space every open upload's credit; closing an upload drops its credit.
 
         Raises:
             StorageError: ``disk_reserve`` or ``quota_exceeded``.
@@ -375,16 +376,15 @@ class Storage:
             vfs = os.fstatvfs(fd)
         except OSError as exc:
             raise _os_error(exc) from None
-        free = vfs.f_bavail * vfs.f_frsize - limits.reserve_free_bytes
-        if free < grow:
-            raise StorageError("disk_reserve", "the gateway's disk is full; try again later")
         with self._lock:
+            # Free space is shared by every open upload: what they hold is not on disk yet.
+            held = sum(writer.credit for writer in self._writers.values())
+            free = vfs.f_bavail * vfs.f_frsize - limits.reserve_free_bytes - held
+            if free < grow:
+                raise StorageError("disk_reserve", "the gateway's disk is full; try again later")
             used = self._usage.get(upload.tenant)
             if used is None:
-                used = self._tenant_usage(upload.tenant) + sum(
-                    writer.credit for (tenant, _), writer in self._writers.items()
-                    if tenant == upload.tenant
-                )  # fmt: skip
+                used = self._tenant_usage(upload.tenant) + self._credits(upload.tenant)
             room = min(free, limits.tenant_quota_bytes - used)
             if room < grow:
                 self._usage[upload.tenant] = used
@@ -392,6 +392,10 @@ class Storage:
             reserved = grow + CREDIT_BYTES if room >= grow + CREDIT_BYTES else grow
             self._usage[upload.tenant] = used + reserved
             upload.credit += reserved
+
+    def _credits(self, tenant: str) -> int:
+        """What the tenant's open uploads have reserved and not written (under the lock)."""
+        return sum(w.credit for (owner, _), w in self._writers.items() if owner == tenant)
 
     def _unreserve(self, tenant: str) -> None:
         with self._lock:
@@ -401,7 +405,7 @@ class Storage:
         """Bytes the tenant holds at the gateway (its inbox and outbox files)."""
         with self._lock:
             used = self._tenant_usage(tenant)
-            self._usage[tenant] = used
+            self._usage[tenant] = used + self._credits(tenant)
             return used
 
     def _tenant_usage(self, tenant: str) -> int:

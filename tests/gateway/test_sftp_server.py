@@ -365,3 +365,28 @@ def test_answers_to_requests_already_waiting_go_out_together(
     assert {kind for kind, _ in answers[1:]} == {105}  # ATTRS
     print(f"{len(flushes)} sends for {len(answers)} answers")
     assert 1 <= len(flushes) <= 20, flushes  # the first session's few, then this one's
+
+
+def test_answers_queued_before_an_oversized_packet_are_still_sent(serve: Factory) -> None:
+    """A request, then a header declaring a 50 MB packet, in one go: the request is answered
+    before the session ends (its answer was queued when the bad header arrived)."""
+    served = serve()
+    transport = served.sftp().get_channel().get_transport()
+    raw = transport.open_session()
+    raw.invoke_subsystem("sftp")
+    raw.settimeout(10)
+    raw.sendall(b"\x00\x00\x00\x05\x01\x00\x00\x00\x03")  # INIT
+    raw.sendall(_raw_request(16, 7, b"/") + (50_000_000).to_bytes(4, "big"))  # REALPATH, then
+    received = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    transport.close()
+    answers = []
+    while len(received) >= 4:
+        size = int.from_bytes(received[:4], "big")
+        packet, received = received[4 : 4 + size], received[4 + size :]
+        answers.append((packet[0], int.from_bytes(packet[1:5], "big")))
+    assert answers[0][0] == 2 and (104, 7) in answers  # VERSION, then NAME for request 7

@@ -164,3 +164,4 @@ def test_list_batches_by_state_reads_only_those(store: StateStore) -> None:
     assert [b.batch_id for b in found] == ["20260715-KAIGO-000007"]
     assert store.list_batches(tenant="nobody", states={S.RECEIVED}) == []
     assert len(store.list_batches(states={S.RECEIVED})) == 200
+    assert store.list_batches(states=set()) == []

@@ -362,3 +362,61 @@ def test_a_second_writer_sees_the_first_writers_credit_released_at_close(
     second.write(quota - 1 - storage_mod.CREDIT_BYTES, b"b" * storage_mod.CREDIT_BYTES)
     second.close()
     assert store.usage(TENANT) == quota
+
+
+def test_open_uploads_credit_never_eats_into_the_disk_reserve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 uploads written in turn on a disk with 2 MiB above the reserve: at most 2 MiB in all
+    (each upload's unwritten credit counts against the free space of the others)."""
+    root = tmp_path / "s"
+    reserve, usable = 64 << 20, 2 << 20
+    store = _storage(root, reserve_free_bytes=reserve)
+    real = os.fstatvfs
+
+    def stored() -> int:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+    def fake(fd: int) -> os.statvfs_result:
+        r = real(fd)
+        free = reserve + usable - stored()
+        return os.statvfs_result(
+            (4096, 1, r.f_blocks, free, free, r.f_files, r.f_ffree, r.f_favail, r.f_flag,
+             r.f_namemax)
+        )  # fmt: skip
+
+    monkeypatch.setattr(storage_mod.os, "fstatvfs", fake)
+    uploads = [
+        store.open_upload(TENANT, f"20260715-KAIGO-7F3K{n:02d}.age.part", create=True,
+                          truncate=False, exclusive=False)
+        for n in range(16)
+    ]  # fmt: skip
+    block = b"x" * 32768
+    refused = 0
+    for offset in range(0, storage_mod.CREDIT_BYTES + len(block), len(block)):
+        for upload in uploads:
+            try:
+                upload.write(offset, block)
+            except StorageError as exc:  # then "hole" for the rest of that upload
+                assert exc.reason in ("disk_reserve", "hole")
+                refused += exc.reason == "disk_reserve"
+    for upload in uploads:
+        upload.close()
+    assert stored() <= usable and refused > 0, (stored(), refused)
+
+
+def test_usage_keeps_the_credit_of_open_uploads(tmp_path: Path) -> None:
+    """Asking for the usage while an upload holds credit does not hand that credit out again."""
+    quota = 2 * storage_mod.CREDIT_BYTES
+    store = _storage(tmp_path / "s", tenant_quota_bytes=quota)
+    first = store.open_upload(TENANT, PART, create=True, truncate=False, exclusive=False)
+    other = "20260715-KAIGO-7F3KQ3.age.part"
+    second = store.open_upload(TENANT, other, create=True, truncate=False, exclusive=False)
+    first.write(0, b"a")  # 1 byte and a credit
+    assert store.usage(TENANT) == 1
+    with pytest.raises(StorageError):
+        second.write(0, b"b" * (quota - 1))
+    first.write(1, b"a" * storage_mod.CREDIT_BYTES)  # spends its credit
+    first.close()
+    second.close()
+    assert store.usage(TENANT) <= quota
