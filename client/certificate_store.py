@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from client import certificate, ledger
 from client.config import ClientConfig
+from client.durable import fsync_dir
 from client.errors import ClientError, ConfigError, UsageError
 from client.i18n import _
 from envelope import manifest
@@ -130,7 +131,7 @@ def save(path: Path, data: bytes) -> bool:
                 ).format(path=path),
                 hint=conflict_hint(),
             ) from None
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return True
     except OSError as exc:
         raise ClientError(
@@ -150,14 +151,6 @@ def _existing(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         return handle.read(certificate.MAX_CERTIFICATE_BYTES + 1)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def keep(

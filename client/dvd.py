@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client import dvd_7z, dvd_iso, dvd_layout, ledger
 from client.config import ClientConfig
+from client.durable import fsync_dir
 from client.dvd_layout import KIND_7Z, KIND_AGE, DiscSet
 from client.errors import ClientError, UsageError
 from client.i18n import _
@@ -281,7 +282,7 @@ def _burn(
             for disc, temp in zip(discs, temps, strict=True):
                 _publish(temp, disc.path)
                 named.append(disc.path)
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
             entry = book.record(EVENT_DVD_CREATED, **_entry_fields(job, discs, payload_size, whole))
         except FileExistsError as exc:
             _remove(named)
@@ -390,14 +391,6 @@ def _publish(temp: Path, final: Path) -> None:
         if final.exists() or final.is_symlink():
             raise FileExistsError(errno.EEXIST, "exists", str(final)) from None
         temp.rename(final)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(paths: Iterable[Path]) -> None:

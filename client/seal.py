@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client import ledger
 from client.config import ClientConfig
+from client.durable import fsync_dir
 from client.errors import ClientError, UsageError
 from client.i18n import _
 from client.notice import render_password_notice
@@ -222,7 +223,7 @@ def seal(
         raise
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     return SealResult(manifest=manifest, envelope_path=final, notice_path=notice)
 
 
@@ -421,11 +422,3 @@ class _CheckedReader:
             _("{name}: the file changed while it was being sealed").format(name=self._entry.name),
             hint=_("wait until the file is complete, then seal again"),
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
