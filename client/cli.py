@@ -202,7 +202,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
             _error(note.message, note.hint)
         else:
             _note(note.message, note.hint)
-    invalid = [item.batch_id for item in found if not item.valid]
+    stale = [item.batch_id for item in found if item.stale]
+    if stale:
+        _error(
+            _("{count} status record(s) from the gateway are older than ones seen before: "
+              "{batches}").format(count=len(stale), batches=", ".join(stale)),
+            _("do not rely on these states: the gateway served an earlier signed record again; "
+              "tell the contractor"),
+        )  # fmt: skip
+    invalid = [item.batch_id for item in found if not item.valid and not item.stale]
     if invalid:
         _error(
             _("{count} record(s) from the gateway do not verify: {batches}").format(
@@ -213,7 +221,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "by the pinned gateway.receipt_key for these batches)"
             ),
         )
-    return EXIT_FAILED if invalid or any(note.failed for note in notes) else EXIT_OK
+    failed = invalid or stale or any(note.failed for note in notes)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _cmd_verify_certificate(args: argparse.Namespace) -> int:

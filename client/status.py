@@ -20,8 +20,10 @@ A record only counts when it verifies **and** speaks about the batch whose name
 it is stored under, for this ward's tenant, signed by the pinned key: a record
 copied from another batch (a replay) is as invalid as a forged one. An invalid
 record is reported as ``signature INVALID (why)`` and its state is never
-shown; one invalid record makes the command fail (exit 1). A batch with a valid
-receipt and no status record yet is ``received`` (at the receipt's time).
+shown; one invalid record makes the command fail (exit 1). So does an older
+genuine status record of a batch than one seen before (``record STALE``,
+:mod:`client.status_seen`). A batch with a valid receipt and no status record
+yet is ``received`` (at the receipt's time).
 
 :func:`check` is pure (bytes in, :class:`BatchStatus` out); :func:`status` does
 the I/O; :func:`render_table` and :func:`json_line` format for people and tools.
@@ -40,7 +42,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from client import certificate, certificate_store, ledger, send, transfer
+from client import certificate, certificate_store, ledger, send, status_seen, transfer
 from client.certificate_store import CertificateCopy
 from client.config import ClientConfig
 from client.errors import ClientError, ConfigError, TemporaryError, UsageError
@@ -70,6 +72,7 @@ STATE_RE = re.compile(r"[a-z][a-z_]{0,31}")
 STATUS_FIELDS = ("batch_id", "tenant", "state", "at", "reason", "seq", "gateway_key")
 """The body of a status record, exactly these fields."""
 INVALID = "signature INVALID"
+STALE = "record STALE"
 JST = ZoneInfo("Asia/Tokyo")
 
 PasswordSource = Callable[[], str]
@@ -91,6 +94,8 @@ class BatchStatus:
     problem: str | None = None
     certificate: CertificateCopy | None = None
     """The batch's erasure certificate, when the gateway holds one."""
+    stale: bool = False
+    """The status record verified but is older than one seen before (:mod:`client.status_seen`)."""
 
     @property
     def valid(self) -> bool:
@@ -99,8 +104,10 @@ class BatchStatus:
 
     @property
     def error(self) -> str | None:
-        """``signature INVALID (why)`` for an invalid batch, else None."""
-        return None if self.problem is None else f"{INVALID} ({self.problem})"
+        """``signature INVALID (why)`` or ``record STALE (why)`` when invalid, else None."""
+        if self.problem is None:
+            return None
+        return f"{STALE if self.stale else INVALID} ({self.problem})"
 
 
 class _RecordError(Exception):
@@ -252,6 +259,11 @@ def status(
                 copy = _certificate(session, config, name, printsite_key, ward_key)
                 item = replace(item, certificate=copy)
             found.append(item)
+    seen_path = status_seen.path_for(config)
+    seen = status_seen.load(seen_path)
+    found, changed = status_seen.check(found, seen)
+    if changed:
+        status_seen.save(seen_path, seen)
     if batch is not None and not found:
         raise ClientError(
             _("the gateway has no record of batch {batch}").format(batch=batch),
@@ -326,7 +338,7 @@ def format_time(moment: datetime | None) -> str:
 
 
 def as_dict(item: BatchStatus) -> dict[str, object]:
-    """The JSON form: times in JST ISO 8601, ``signature`` ``valid`` or ``invalid``.
+    """The JSON form: times in JST ISO 8601, ``signature`` ``valid``, ``invalid`` or ``stale``.
 
     ``certificate`` is the saved erasure certificate's path (null without one),
     ``certificate_check`` one of ``valid``, ``invalid``, ``unchecked``,
@@ -340,7 +352,7 @@ def as_dict(item: BatchStatus) -> dict[str, object]:
         "at": None if item.at is None else item.at.astimezone(JST).isoformat(),
         "reason": item.reason,
         "seq": item.seq,
-        "signature": "valid" if item.valid else "invalid",
+        "signature": "stale" if item.stale else "valid" if item.valid else "invalid",
         "error": item.error,
         "certificate": None if copy is None or not copy.readable else str(copy.path),
         "certificate_check": None if copy is None else copy.check,

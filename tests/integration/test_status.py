@@ -27,6 +27,7 @@ from custody import (
     CustodyError,
     dumps_record,
     fingerprint,
+    load_private_key,
     loads_record,
     sign_record,
     verify_record,
@@ -115,8 +116,9 @@ def _sent(d: Drop, count: int) -> list[str]:
 
 
 def _write_status(
-    d: Drop, batch: str, state: str, *, key: Ed25519PrivateKey, about: str | None = None
-) -> None:
+    d: Drop, batch: str, state: str, *, key: Ed25519PrivateKey, about: str | None = None,
+    seq: int = 99,
+) -> None:  # fmt: skip
     """Replace `<batch>.status.json` with a record signed by ``key``."""
     body = {
         "batch_id": about or batch,
@@ -124,7 +126,7 @@ def _write_status(
         "state": state,
         "at": "2026-07-15T01:05:00+00:00",
         "reason": None,
-        "seq": 99,
+        "seq": seq,
         "gateway_key": fingerprint(key.public_key()),
     }
     _record_path(d, batch).write_bytes(dumps_record(sign_record(KIND_STATUS, body, key)))
@@ -211,6 +213,27 @@ def test_status_record_replayed_under_another_batch_is_rejected(routed: Drop) ->
     assert rows[good]["state"] == "forwarded"
     assert rows[bad]["state"] is None
     assert "batch_id" in str(rows[bad]["error"]) and "another batch" in str(rows[bad]["error"])
+
+
+def test_an_older_genuine_status_record_served_again_is_stale(routed: Drop) -> None:
+    """The gateway's own signature, the right batch, but an earlier seq than one already seen:
+    `record STALE`, its state never shown, exit 1; the newest seen stays recorded."""
+    (a,) = _sent(routed, 1)
+    _settled(routed, a)
+    first = _status(routed, a)
+    assert first.code == 0, first.err
+    seen_seq = _lines(first)[a]["seq"]
+    assert isinstance(seen_seq, int) and seen_seq >= 1
+    gateway_key = load_private_key((routed.gw / "keys" / "gateway_signing_ed25519").read_bytes())
+    _write_status(routed, a, "forwarded", key=gateway_key, seq=seen_seq - 1)
+    result = _status(routed, a)
+    assert result.code == 1, result.err
+    row = _lines(result)[a]
+    assert row["state"] is None and row["signature"] == "stale"
+    assert str(row["error"]).startswith(f"record STALE (status record seq {seen_seq - 1} ")
+    assert f"older than ones seen before: {a}" in result.err
+    seen = json.loads((routed.ward / "ledger" / "status-seen.json").read_text())
+    assert seen[a] == seen_seq
 
 
 def test_unknown_batch_exits_1(drop: Drop) -> None:
