@@ -1,14 +1,13 @@
-"""The forwarder: one worker thread taking received batches through the pipeline.
+"""The forwarder: a dispatcher thread handing received batches to delivery threads.
 
-The state database is the queue (:meth:`gateway.state.StateStore.pending_batches`);
-everything that detects a batch — the drop service's completion
-(:meth:`Forwarder.notify`, the primary path), the file watcher
-(:mod:`gateway.watcher`), the start-up pass and the rescan every
-``[forwarder] rescan_seconds`` — only wakes the worker, which then asks the
-database what is due. A batch seen twice is processed once: each step is a
-transition from the state it expects (:mod:`gateway.pipeline`).
+The state database is the queue (:meth:`gateway.state.StateStore.pending_batches`).
+What detects a batch — the completion (:meth:`Forwarder.notify`), the file
+watcher, the start-up pass and the rescan every ``rescan_seconds`` — only wakes
+the dispatcher, which asks the database what is due and hands each due batch to
+a delivery thread (:mod:`gateway.forward_workers`: several batches at once, each
+by one thread at a time). Each step is a transition from the state it expects.
 
-For each due batch the worker takes as many steps as it can now
+For each due batch its thread takes as many steps as it can now
 (:func:`gateway.pipeline.next_step`): the envelope check
 (:mod:`gateway.envelope_check`) → VERIFIED or QUARANTINED (the file moves to
 quarantine, ``incident_raised`` kind ``quarantine``); a delivery to the
@@ -20,16 +19,13 @@ retrying, data is never dropped; then the gateway's inbox copy is deleted
 (after ``retention_seconds``) and ``batch_deleted`` audited. A tenant without a
 route keeps its batches RECEIVED with ``incident_raised`` kind ``no_route``.
 
-At start-up and on every rescan the worker also looks for the print sites'
-erasure certificates of FORWARDED and PULLED batches
-(:class:`gateway.certificate_intake.CertificateIntake`); a batch whose
-certificate checks out becomes ERASED, and its inbox copy, if still retained,
-is deleted at once.
+At start-up and on every rescan the dispatcher also polls the print sites'
+erasure certificates (:class:`gateway.certificate_intake.CertificateIntake`): a
+batch whose certificate checks out becomes ERASED, its retained copy deleted.
 
-A receipt the completion could not write (a full disk) is signed here once there
-is room (:func:`gateway.receipts.ensure_receipt`). :meth:`Forwarder.stop` cuts the
-connections of :class:`~gateway.destinations.Interruptible` destinations (a peer that
-never answers must not hold SIGTERM).
+A receipt the completion could not write (a full disk) is signed here once there is
+room (:func:`gateway.receipts.ensure_receipt`). :meth:`Forwarder.stop` cuts the links
+of :class:`~gateway.destinations.Interruptible` destinations (SIGTERM never waits).
 
 Every transition is audited (``batch_state_changed``) and stated in a signed
 status record (:mod:`gateway.status`). Crash safety: a batch found FORWARDING
@@ -43,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -61,6 +57,7 @@ from gateway.destinations import (
     open_source,
 )
 from gateway.envelope_check import CheckResult, check_envelope
+from gateway.forward_workers import Turns, WakeQueue, Workers, is_due, next_wait
 from gateway.pipeline import BatchState, Situation, Step
 from gateway.policy import Area, PolicyError
 from gateway.receipts import ensure_receipt
@@ -79,17 +76,6 @@ MAX_STEPS = 8
 Clock = Callable[[], datetime]
 Jitter = Callable[[], float]
 Checker = Callable[..., CheckResult]
-
-
-class WakeQueue(Protocol):
-    """Wakes the worker (:class:`gateway.app.EventBatchQueue`); the ids are hints."""
-
-    def notify(self, batch_id: str) -> None:
-        """Wake a waiting worker."""
-
-    def wait(self, timeout: float | None = None) -> list[str]:
-        """Wait up to ``timeout`` seconds for a notification; return and forget the ids."""
-        ...
 
 
 def _jitter() -> float:
@@ -150,6 +136,8 @@ class Forwarder:
         )
         """Erasure certificates: polled here, uploaded through :mod:`gateway.sftp_fs`."""
         self._next_poll = 0.0
+        self._workers: Workers | None = None
+        self._turns = Turns(route.destination for route in self._routes.values())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -158,12 +146,14 @@ class Forwarder:
         self._queue.notify(batch_id)
 
     def start(self) -> None:
-        """Start the worker thread (it first makes every unfinished batch due)."""
+        """Start the dispatcher and its delivery threads (first every unfinished batch is due)."""
         if self._thread is not None:
             return
         self._stopping.clear()
         for destination in self._interruptible():
             destination.resume()
+        self._workers = Workers(self._work)
+        self._workers.start()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self._thread.start()
 
@@ -173,24 +163,24 @@ class Forwarder:
         for destination in self._interruptible():
             destination.interrupt()  # a peer that never answers must not hold the stop
         self._queue.notify("")
+        deadline = time.monotonic() + timeout
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.stop(max(0.0, deadline - time.monotonic()))
 
     def _interruptible(self) -> list[Interruptible]:
-        found: list[Interruptible] = []
-        for route in self._routes.values():
-            destination: object = route.destination
-            if isinstance(destination, Interruptible):
-                found.append(destination)
-        return found
+        destinations: list[object] = [route.destination for route in self._routes.values()]
+        return [d for d in destinations if isinstance(d, Interruptible)]
 
     def _run(self) -> None:
         self._guarded(self.recover)
         while not self._stopping.is_set():
             # The database is read after each wake-up: a notify that comes while it
             # is being read leaves the queue set, so the next wait returns at once.
-            delay = self._guarded(self.run_once)
+            delay = self._guarded(lambda: self.run_once(wait=False))
             self._guarded(self._poll_when_due)
             timeout = float(self._cfg.rescan_seconds)
             if delay is None:
@@ -204,7 +194,7 @@ class Forwarder:
         try:
             return step()
         except Exception as exc:
-            self._emit("forwarder_failed", error=f"{type(exc).__name__}: {exc}")
+            self._audit.emit("forwarder_failed", error=f"{type(exc).__name__}: {exc}")
             return None
 
     def _poll_when_due(self) -> float:
@@ -235,36 +225,51 @@ class Forwarder:
                 self._store.update_batch(batch.batch_id, next_attempt_at=None)
         return 0.0
 
-    def run_once(self) -> float:
-        """Process every due batch, oldest due first.
+    def run_once(self, *, wait: bool = True) -> float:
+        """Process every due batch, oldest due first: on the delivery threads once started
+        (:mod:`gateway.forward_workers`), else one after another in this thread.
+
+        Args:
+            wait: Return only once every batch handed out now was processed.
 
         Returns:
             Seconds until the next batch is due (``inf`` when none is waiting).
         """
         now = self._clock()
-        due = [b for b in self._store.pending_batches() if _is_due(b, now)]
+        due = [b for b in self._store.pending_batches() if is_due(b, now)]
         due.sort(key=lambda b: (b.next_attempt_at or b.received_at, b.received_at))
+        workers = self._workers
+        handed: list[threading.Event] = []
         for batch in due:
             if self._stopping.is_set():
                 return 0.0
-            try:
-                self.process(batch)
-            except Exception as exc:  # one broken batch must not stop the others
-                self._emit(
-                    "forwarder_failed",
-                    batch=batch.batch_id,
-                    tenant=batch.tenant,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                self._schedule(batch.batch_id, self._backoff(1))
-        done = {b.batch_id for b in due}
-        now = self._clock()
-        waits = [
-            0.0 if b.next_attempt_at is None else (b.next_attempt_at - now).total_seconds()
-            for b in self._store.pending_batches()
-            if b.next_attempt_at is not None or b.batch_id not in done  # new since the read
-        ]
-        return max(min(waits), 0.0) if waits else float("inf")
+            if workers is None:
+                self._work(batch)
+            elif (done := workers.submit(batch)) is not None:
+                handed.append(done)
+        if wait:
+            for done in handed:
+                done.wait()
+        busy = set() if workers is None else workers.busy()
+        return next_wait(self._store.pending_batches(), due, busy, self._clock())
+
+    def _work(self, batch: BatchRecord) -> None:
+        """Process one batch; one broken batch must not stop the others."""
+        if self._stopping.is_set():
+            return
+        try:
+            self.process(batch)
+            after = self._store.get_batch(batch.batch_id)
+            if after is not None and after.next_attempt_at is not None:
+                self._queue.notify("")  # scheduled: the dispatcher learns when to look again
+        except Exception as exc:
+            self._audit.emit(
+                "forwarder_failed",
+                batch=batch.batch_id,
+                tenant=batch.tenant,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._schedule(batch.batch_id, self._backoff(1))
 
     def process(self, batch: BatchRecord) -> BatchRecord:
         """Take ``batch`` as far through the pipeline as it can go now; return it as left.
@@ -317,7 +322,7 @@ class Forwarder:
             return None
         if step is Step.PUBLISH:
             return self._publish(batch, tenant, tenant.destination)
-        if step is Step.RETRY and not _is_due(batch, self._clock()):
+        if step is Step.RETRY and not is_due(batch, self._clock()):
             return None
         return self._send(batch, tenant, tenant.destination)
 
@@ -337,7 +342,7 @@ class Forwarder:
                 self._storage, self._audit, batch, self._receipt_key, self._clock()
             )
         except StorageError as exc:
-            self._emit("forwarder_failed", batch=batch.batch_id, tenant=batch.tenant,
+            self._audit.emit("forwarder_failed", batch=batch.batch_id, tenant=batch.tenant,
                        error=f"signing the missing receipt: {exc}")  # fmt: skip
             self._schedule(batch.batch_id, float(self._cfg.rescan_seconds))
             return False
@@ -376,40 +381,44 @@ class Forwarder:
     def _send(
         self, batch: BatchRecord, tenant: TenantRoute, destination: Destination
     ) -> BatchRecord | None:
-        batch = self._move(
-            batch, BatchState.FORWARDING, None, attempts=batch.attempts + 1, next_attempt_at=None
-        )
-        self._state_status(batch.batch_id)
-        started = time.monotonic()
-        try:
-            delivery = destination.deliver(
-                batch, open_source(self._storage, batch, self._stopping, verify=True)
+        with self._turns.of(destination):  # sftp://: one batch at a time, each in its turn
+            if self._stopping.is_set():
+                return None
+            tries = batch.attempts + 1
+            batch = self._move(
+                batch, BatchState.FORWARDING, None, attempts=tries, next_attempt_at=None
             )
-        except SourceChangedError as exc:
-            moved = self._move(batch, BatchState.QUARANTINED, exc.reason)
-            self._quarantine_copy(moved, exc.detail)
-            return None
-        except DeliveryError as exc:
-            self._failed(batch, tenant, exc)
-            return None
-        except Exception as exc:  # a destination bug: retry, and say so
-            failure = DeliveryError(True, "internal_error", f"{type(exc).__name__}: {exc}")
-            self._failed(batch, tenant, failure)
-            return None
-        elapsed_ms = int((time.monotonic() - started) * 1000)
-        forwarded = self._move(batch, BatchState.FORWARDED, None, next_attempt_at=None)
-        self._emit(
-            "batch_forwarded",
-            batch=batch.batch_id,
-            tenant=batch.tenant,
-            destination=tenant.route.describe(),
-            location=delivery.location,
-            size_bytes=batch.size,
-            sha256=delivery.sha256,
-            already=delivery.already,
-            elapsed_ms=elapsed_ms,
-        )
-        return forwarded
+            self._state_status(batch.batch_id)
+            started = time.monotonic()
+            try:
+                delivery = destination.deliver(
+                    batch, open_source(self._storage, batch, self._stopping, verify=True)
+                )
+            except SourceChangedError as exc:
+                moved = self._move(batch, BatchState.QUARANTINED, exc.reason)
+                self._quarantine_copy(moved, exc.detail)
+                return None
+            except DeliveryError as exc:
+                self._failed(batch, tenant, exc)
+                return None
+            except Exception as exc:  # a destination bug: retry, and say so
+                failure = DeliveryError(True, "internal_error", f"{type(exc).__name__}: {exc}")
+                self._failed(batch, tenant, failure)
+                return None
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            forwarded = self._move(batch, BatchState.FORWARDED, None, next_attempt_at=None)
+            self._audit.emit(
+                "batch_forwarded",
+                batch=batch.batch_id,
+                tenant=batch.tenant,
+                destination=tenant.route.describe(),
+                location=delivery.location,
+                size_bytes=batch.size,
+                sha256=delivery.sha256,
+                already=delivery.already,
+                elapsed_ms=elapsed_ms,
+            )
+            return forwarded
 
     def _failed(self, batch: BatchRecord, tenant: TenantRoute, exc: DeliveryError) -> None:
         """A delivery failed: schedule the retry (FAILED_RETRYING unless pull), audit, alert.
@@ -429,7 +438,7 @@ class Forwarder:
             delay = self._backoff(attempts) if exc.retryable else maximum
             retry_at = now + timedelta(seconds=delay)
             self._store.update_batch(batch.batch_id, attempts=attempts, next_attempt_at=retry_at)
-        self._emit(
+        self._audit.emit(
             "delivery_failed",
             batch=batch.batch_id,
             tenant=batch.tenant,
@@ -461,7 +470,7 @@ class Forwarder:
         published = self._move(
             batch, BatchState.FORWARDED, "waiting_for_pull", next_attempt_at=None, cleared_at=now
         )
-        self._emit(
+        self._audit.emit(
             "batch_published",
             batch=batch.batch_id,
             tenant=batch.tenant,
@@ -488,7 +497,7 @@ class Forwarder:
             if exc.reason != "not_found":
                 raise
         else:
-            self._emit(
+            self._audit.emit(
                 "batch_deleted",
                 batch=batch.batch_id,
                 tenant=batch.tenant,
@@ -534,7 +543,7 @@ class Forwarder:
         if route.route.kind is not RouteKind.PULL:
             raise PolicyError("not_permitted", "the batch is not waiting for a pull")
         self._move(batch, BatchState.PULLED, None, cleared_at=batch.cleared_at or self._clock())
-        self._emit("batch_pulled", batch=batch_id, tenant=tenant, user=user)
+        self._audit.emit("batch_pulled", batch=batch_id, tenant=tenant, user=user)
         self._state_status(batch_id)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -546,7 +555,7 @@ class Forwarder:
         moved, event = self._store.transition(
             batch.batch_id, batch.state, to, reason, self._clock(), **bookkeeping
         )
-        self._emit(
+        self._audit.emit(
             "batch_state_changed",
             batch=batch.batch_id,
             tenant=batch.tenant,
@@ -561,14 +570,14 @@ class Forwarder:
         try:
             self._status.publish(batch_id)
         except (StorageError, StateError) as exc:
-            self._emit("status_failed", batch=batch_id, error=str(exc))
+            self._audit.emit("status_failed", batch=batch_id, error=str(exc))
             self._schedule(batch_id, float(self._cfg.rescan_seconds))
 
     def _incident(self, kind: str, batch: BatchRecord, detail: str, **fields: object) -> None:
         """Raise incident ``kind`` for ``batch`` once (audit first: never lost, rarely repeated)."""
         if kind in self._store.incidents(batch.batch_id):
             return
-        self._emit(
+        self._audit.emit(
             "incident_raised",
             kind=kind,
             batch=batch.batch_id,
@@ -589,10 +598,3 @@ class Forwarder:
             float(self._cfg.backoff_max_seconds),
             self._jitter(),
         )
-
-    def _emit(self, event: str, **fields: object) -> None:
-        self._audit.emit(event, **fields)
-
-
-def _is_due(batch: BatchRecord, now: datetime) -> bool:
-    return batch.next_attempt_at is None or batch.next_attempt_at <= now

@@ -56,6 +56,10 @@ T = TypeVar("T")
 class SftpDestination:
     """Deliver batches to a print site's ``lgwan-gateway serve`` as its forwarder account."""
 
+    one_at_a_time = True
+    """One link, one batch at a time: the forwarder sends its batches in turn (their
+    FORWARDING time is then the transfer, not a wait for the link)."""
+
     def __init__(self, route: Route, tenant: TenantSection, config: GatewayConfig) -> None:
         """Load the pinned keys and the forwarding key of a tenant's ``sftp://`` route.
 

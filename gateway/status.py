@@ -26,6 +26,7 @@ forwarder's list (:meth:`~gateway.state.StateStore.pending_batches`) until
 """
 
 import threading
+import zlib
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -45,6 +46,9 @@ __all__ = [
 
 STATUS_FIELDS = ("batch_id", "tenant", "state", "at", "reason", "seq", "gateway_key")
 """The body of a status record, exactly these fields."""
+
+
+_LOCK_STRIPES = 64
 
 
 def status_file_name(batch_id: str) -> str:
@@ -88,7 +92,8 @@ class StatusWriter:
         self._storage = storage
         self._store = store
         self._key = signing_key
-        self._lock = threading.Lock()
+        self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+        """One batch's record is written by one thread at a time; other batches' meanwhile."""
 
     def publish(self, batch_id: str) -> bool:
         """Write the record of the batch's current state (as stored) if the written one lags.
@@ -100,7 +105,7 @@ class StatusWriter:
             StorageError: the receipts area cannot be written.
             StateError: the database failed.
         """
-        with self._lock:
+        with self._locks[zlib.crc32(batch_id.encode()) % _LOCK_STRIPES]:
             batch = self._store.get_batch(batch_id)
             if batch is None or batch.status_seq >= batch.seq:
                 return False

@@ -14,6 +14,7 @@ module). If the observer cannot start (no inotify watches left), the gateway
 runs on without it and audits ``watcher_failed``.
 """
 
+import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path, PurePath
@@ -33,6 +34,17 @@ from gateway.policy import Area, NameKind, batch_of, name_kind
 from gateway.storage import TENANTS_DIR
 
 JOIN_SECONDS = 5.0
+_INACTIVE = "called when the thread is inactive"
+"""watchdog's log line when an event arrives while its observer stops (harmless, and serve's
+stderr carries nothing but its listening line)."""
+
+
+class _StoppingRace(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _INACTIVE not in record.getMessage()
+
+
+_QUIET = _StoppingRace()
 EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
 """What the handler acts on; the inotify mask is built from it, so the kernel does not
 report every upload write (IN_MODIFY), which woke this thread 32 times per MiB received."""
@@ -92,6 +104,7 @@ class Watcher:
         if self._observer is not None:
             return
         warnings.filterwarnings("ignore", message=_DUPLICATE_WATCH, category=RuntimeWarning)
+        logging.getLogger("watchdog.observers.inotify").addFilter(_QUIET)  # once: a set
         observer = Observer()
         try:
             self._root.mkdir(mode=0o700, parents=True, exist_ok=True)

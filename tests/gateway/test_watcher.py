@@ -87,3 +87,20 @@ def test_watcher_does_not_ask_the_kernel_for_write_events(tmp_path: Path) -> Non
             assert mask & InotifyConstants.IN_MOVED_TO and mask & InotifyConstants.IN_CLOSE_WRITE
     finally:
         watcher.stop()
+
+
+def test_watchdogs_stopping_race_is_not_logged(tmp_path: Path) -> None:
+    """An event arriving while the observer stops makes watchdog log an error line, which
+    would land on serve's stderr: that one line is filtered, other errors are not."""
+    import logging
+
+    watcher = Watcher(tmp_path, lambda _batch: None)
+    watcher.start()
+    watcher.stop()
+    logger = logging.getLogger("watchdog.observers.inotify")
+    race = logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 1,
+        "InotifyEmitter.queue_events() called when the thread is inactive", (), None,
+    )  # fmt: skip
+    other = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "other", (), None)
+    assert not logger.filter(race) and logger.filter(other)

@@ -1,0 +1,84 @@
+"""gateway.forward_workers: batches in parallel, never one twice; the dispatcher's wait."""
+
+import dataclasses
+import threading
+from datetime import UTC, datetime, timedelta
+
+from gateway.forward_workers import WORKERS, Workers, is_due, next_wait
+from gateway.pipeline import BatchState
+from gateway.state import BatchRecord
+
+T0 = datetime(2026, 7, 15, 1, 0, tzinfo=UTC)
+
+
+def _batch(number: int, next_attempt_at: datetime | None = None) -> BatchRecord:
+    batch_id = f"20260715-KAIGO-{number:06d}"
+    return BatchRecord(
+        batch_id, "shinjuku", "ward-a", f"{batch_id}.age", 10, "ab" * 32, BatchState.RECEIVED,
+        T0, T0, next_attempt_at=next_attempt_at,
+    )  # fmt: skip
+
+
+def test_batches_run_in_parallel_up_to_the_pool_and_never_twice() -> None:
+    """WORKERS batches are worked on at once; the next waits; a batch in flight is not queued
+    again; stop lets the threads finish and end."""
+    release = threading.Event()
+    started: list[str] = []
+    lock = threading.Lock()
+    all_in = threading.Event()
+
+    def work(batch: BatchRecord) -> None:
+        with lock:
+            started.append(batch.batch_id)
+            if len(started) == WORKERS:
+                all_in.set()
+        release.wait(10)
+
+    workers = Workers(work)
+    workers.start()
+    batches = [_batch(n) for n in range(WORKERS + 1)]
+    events = [workers.submit(b) for b in batches]
+    assert all(e is not None for e in events)
+    assert all_in.wait(5)
+    assert len(started) == WORKERS  # the last one waits for a thread
+    assert workers.submit(batches[0]) is None and workers.submit(batches[-1]) is None
+    assert workers.busy() == {b.batch_id for b in batches}
+    release.set()
+    for event in events:
+        assert event is not None and event.wait(5)
+    assert sorted(started) == sorted(b.batch_id for b in batches)
+    assert workers.busy() == set()
+    again = workers.submit(batches[0])  # done: it may be queued again
+    assert again is not None and again.wait(5)
+    workers.stop(5)
+    assert not any(t.name.startswith("forwarder-") for t in threading.enumerate())
+
+
+def test_a_failing_batch_frees_its_slot() -> None:
+    """An exception in work() still ends the batch's turn (the forwarder catches its own)."""
+
+    def work(batch: BatchRecord) -> None:
+        raise RuntimeError("boom")
+
+    workers = Workers(work, count=1)
+    workers.start()
+    first = workers.submit(_batch(1))
+    assert first is not None and first.wait(5)
+    assert workers.busy() == set()
+    second = workers.submit(_batch(2))
+    assert second is not None and second.wait(5)  # the thread survived
+    workers.stop(5)
+
+
+def test_next_wait_leaves_out_busy_batches_and_sees_new_ones() -> None:
+    """Scheduled batches set the wait; busy ones are left out; a new unscheduled one is due now."""
+    now = T0
+    handed = [_batch(1), _batch(2)]
+    later = _batch(3, next_attempt_at=now + timedelta(seconds=30))
+    busy_later = _batch(4, next_attempt_at=now + timedelta(seconds=5))
+    assert next_wait([*handed, later, busy_later], handed, {busy_later.batch_id}, now) == 30.0
+    assert next_wait(handed, handed, set(), now) == float("inf")
+    assert next_wait([*handed, _batch(9)], handed, set(), now) == 0.0
+    overdue = dataclasses.replace(later, next_attempt_at=now - timedelta(seconds=1))
+    assert next_wait([overdue], [], set(), now) == 0.0
+    assert is_due(overdue, now) and not is_due(later, now) and is_due(_batch(5), now)
