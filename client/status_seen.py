@@ -108,6 +108,7 @@ def save(path: Path, seen: dict[str, int]) -> None:
     data = json.dumps(merged, sort_keys=True, indent=0).encode() + b"\n"
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # beside the ledger-to-be
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

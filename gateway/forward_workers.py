@@ -72,6 +72,7 @@ class Workers:
         self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
+        self._again: set[str] = set()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -86,9 +87,15 @@ class Workers:
             self._threads.append(thread)
 
     def submit(self, batch: BatchRecord) -> threading.Event | None:
-        """Queue ``batch``; the event is set once it was worked on. None: it already is queued."""
+        """Queue ``batch``; the event is set once it was worked on.
+
+        None when it is queued or being worked on already: then it is worked on once
+        more when that turn ends (a completion's wake-up may have come meanwhile), so
+        ``work`` must read the batch afresh.
+        """
         with self._lock:
             if batch.batch_id in self._in_flight:
+                self._again.add(batch.batch_id)  # worked on once more when its turn ends
                 return None
             self._in_flight.add(batch.batch_id)
         done = threading.Event()
@@ -118,7 +125,12 @@ class Workers:
                 pass
             finally:
                 with self._lock:
-                    self._in_flight.discard(batch.batch_id)
+                    again = batch.batch_id in self._again
+                    self._again.discard(batch.batch_id)
+                    if not again:
+                        self._in_flight.discard(batch.batch_id)
+                if again:  # asked for while being worked on: what asked must not be lost
+                    self._tasks.put((batch, threading.Event()))
                 done.set()
 
 

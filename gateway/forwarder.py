@@ -254,22 +254,22 @@ class Forwarder:
         return next_wait(self._store.pending_batches(), due, busy, self._clock())
 
     def _work(self, batch: BatchRecord) -> None:
-        """Process one batch; one broken batch must not stop the others."""
+        """Process one batch as stored now; one broken batch must not stop the others."""
         if self._stopping.is_set():
             return
         try:
-            self.process(batch)
-            after = self._store.get_batch(batch.batch_id)
-            if after is not None and after.next_attempt_at is not None:
-                self._queue.notify("")  # scheduled: the dispatcher learns when to look again
+            fresh = self._store.get_batch(batch.batch_id)  # it may have waited in the queue
+            if fresh is not None and is_due(fresh, self._clock()):
+                self.process(fresh)
         except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
             self._audit.emit(
-                "forwarder_failed",
-                batch=batch.batch_id,
-                tenant=batch.tenant,
-                error=f"{type(exc).__name__}: {exc}",
+                "forwarder_failed", batch=batch.batch_id, tenant=batch.tenant, error=error
             )
             self._schedule(batch.batch_id, self._backoff(1))
+        after = self._store.get_batch(batch.batch_id)
+        if after is not None and after.next_attempt_at is not None:
+            self._queue.notify("")  # scheduled: the dispatcher learns when to look again
 
     def process(self, batch: BatchRecord) -> BatchRecord:
         """Take ``batch`` as far through the pipeline as it can go now; return it as left.

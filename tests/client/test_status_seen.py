@@ -39,6 +39,14 @@ def test_invalid_records_and_receipts_only_are_left_alone() -> None:
     assert not items[0].stale and items[0].error == "signature INVALID (bad signature)"
 
 
+def test_save_creates_the_ledger_directory_when_there_is_none_yet(tmp_path: Path) -> None:
+    """A ward that never sealed here has no ledger directory: status still records what it saw."""
+    path = tmp_path / "ledger" / "status-seen.json"
+    status_seen.save(path, {"A": 1})
+    assert status_seen.load(path) == {"A": 1}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_save_merges_with_the_file_and_is_private(tmp_path: Path) -> None:
     """Two runs: the higher seq of each batch wins; the file is 0600 and leaves no temporary."""
     path = tmp_path / "status-seen.json"

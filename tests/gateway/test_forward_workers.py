@@ -2,6 +2,7 @@
 
 import dataclasses
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from gateway.forward_workers import WORKERS, Workers, is_due, next_wait
@@ -19,9 +20,16 @@ def _batch(number: int, next_attempt_at: datetime | None = None) -> BatchRecord:
     )  # fmt: skip
 
 
+def _idle(workers: Workers) -> None:
+    deadline = time.monotonic() + 5
+    while workers.busy():
+        assert time.monotonic() < deadline, workers.busy()
+        time.sleep(0.01)
+
+
 def test_batches_run_in_parallel_up_to_the_pool_and_never_twice() -> None:
     """WORKERS batches are worked on at once; the next waits; a batch in flight is not queued
-    again; stop lets the threads finish and end."""
+    twice (one more turn after the current one); stop lets the threads finish and end."""
     release = threading.Event()
     started: list[str] = []
     lock = threading.Lock()
@@ -46,8 +54,9 @@ def test_batches_run_in_parallel_up_to_the_pool_and_never_twice() -> None:
     release.set()
     for event in events:
         assert event is not None and event.wait(5)
-    assert sorted(started) == sorted(b.batch_id for b in batches)
-    assert workers.busy() == set()
+    _idle(workers)
+    asked_again = [batches[0].batch_id, batches[-1].batch_id]  # one more turn each
+    assert sorted(started) == sorted([b.batch_id for b in batches] + asked_again)
     again = workers.submit(batches[0])  # done: it may be queued again
     assert again is not None and again.wait(5)
     workers.stop(5)
@@ -82,3 +91,27 @@ def test_next_wait_leaves_out_busy_batches_and_sees_new_ones() -> None:
     overdue = dataclasses.replace(later, next_attempt_at=now - timedelta(seconds=1))
     assert next_wait([overdue], [], set(), now) == 0.0
     assert is_due(overdue, now) and not is_due(later, now) and is_due(_batch(5), now)
+
+
+def test_a_batch_asked_for_while_worked_on_is_worked_on_once_more() -> None:
+    """A wake-up for a batch being worked on is not lost: one more turn when it ends, not two."""
+    first_turn = threading.Event()
+    release = threading.Event()
+    turns: list[str] = []
+
+    def work(batch: BatchRecord) -> None:
+        turns.append(batch.batch_id)
+        first_turn.set()
+        release.wait(10)
+
+    workers = Workers(work, count=2)
+    workers.start()
+    batch = _batch(1)
+    done = workers.submit(batch)
+    assert done is not None and first_turn.wait(5)
+    assert workers.submit(batch) is None and workers.submit(batch) is None  # asked twice
+    release.set()
+    assert done.wait(5)
+    _idle(workers)
+    assert turns == [batch.batch_id, batch.batch_id]
+    workers.stop(5)
