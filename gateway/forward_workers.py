@@ -17,9 +17,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.state import BatchRecord
 
@@ -27,6 +26,7 @@ WORKERS = 4
 """Batches worked on at once."""
 
 _Task = tuple[BatchRecord, threading.Event] | None
+_T = TypeVar("_T")
 
 
 class WakeQueue(Protocol):
@@ -66,8 +66,15 @@ def next_wait(
 class Workers:
     """Threads running ``work(batch)``: :meth:`start`, :meth:`submit`, :meth:`stop`."""
 
-    def __init__(self, work: Callable[[BatchRecord], None], count: int = WORKERS) -> None:
+    def __init__(
+        self,
+        work: Callable[[BatchRecord], None],
+        after: Callable[[BatchRecord, bool], None],
+        count: int = WORKERS,
+    ) -> None:
+        """``work(batch)`` on the threads; ``after(batch, failed)`` once the batch is free again."""
         self._work = work
+        self._after = after
         self._count = count
         self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -119,26 +126,31 @@ class Workers:
     def _loop(self) -> None:
         while (task := self._tasks.get()) is not None:
             batch, done = task
+            failed = False
             try:
                 self._work(batch)
-            except Exception:  # noqa: S110 -- work() audits its failures; a thread must not die
-                pass
-            finally:
-                with self._lock:
-                    again = batch.batch_id in self._again
-                    self._again.discard(batch.batch_id)
-                    if not again:
-                        self._in_flight.discard(batch.batch_id)
-                if again:  # asked for while being worked on: what asked must not be lost
-                    self._tasks.put((batch, threading.Event()))
-                done.set()
+            except Exception:  # work() audits what it can; this thread must not die
+                failed = True
+            with self._lock:
+                again = batch.batch_id in self._again
+                self._again.discard(batch.batch_id)
+                if not again:
+                    self._in_flight.discard(batch.batch_id)
+            if again:  # asked for while being worked on: what asked must not be lost
+                self._tasks.put((batch, threading.Event()))
+            else:  # only now: the dispatcher it wakes must not find it still busy
+                with contextlib.suppress(Exception):
+                    self._after(batch, failed)
+            done.set()
 
 
 class Turns:
     """Destinations that take one batch at a time (``one_at_a_time``, sftp://).
 
-    Their batches wait for their turn *before* they become FORWARDING, so a
-    batch's FORWARDING time is its transfer, not a wait for the link.
+    A batch whose destination is busy is not sent and keeps no delivery thread
+    waiting: it stays as it is, and the batch that had the turn wakes the dispatcher
+    when it ends. So a batch's FORWARDING time is its transfer, and other tenants'
+    batches are not stuck behind a backlog for one print site.
     """
 
     def __init__(self, destinations: Iterable[object]) -> None:
@@ -146,6 +158,21 @@ class Turns:
             id(d): threading.Lock() for d in destinations if getattr(d, "one_at_a_time", False)
         }
 
-    def of(self, destination: object) -> AbstractContextManager[object]:
-        """Hold the destination's turn (nothing to hold for one that takes batches at once)."""
-        return self._locks.get(id(destination)) or contextlib.nullcontext()
+    def take(
+        self, destination: object, work: Callable[[], _T], released: Callable[[], None]
+    ) -> _T | None:
+        """``work()`` in the destination's turn; None, at once, when another batch has it.
+
+        ``released()`` runs when the turn ends (it wakes the dispatcher for the batches
+        that found the destination busy).
+        """
+        lock = self._locks.get(id(destination))
+        if lock is None:
+            return work()
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return work()
+        finally:
+            lock.release()
+            released()

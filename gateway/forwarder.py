@@ -8,32 +8,26 @@ a delivery thread (:mod:`gateway.forward_workers`: several batches at once, each
 by one thread at a time). Each step is a transition from the state it expects.
 
 For each due batch its thread takes as many steps as it can now
-(:func:`gateway.pipeline.next_step`): the envelope check
-(:mod:`gateway.envelope_check`) → VERIFIED or QUARANTINED (the file moves to
-quarantine, ``incident_raised`` kind ``quarantine``); a delivery to the
-tenant's destination (:mod:`gateway.destinations`) → FORWARDED, or
-FAILED_RETRYING with a back-off (``backoff_initial_ms`` doubling up to
-``backoff_max_seconds``, times a random 0.5–1.0) and, past ``max_attempts`` or
-``max_age_minutes``, ``incident_raised`` kind ``forward_failed`` — it keeps
-retrying, data is never dropped; then the gateway's inbox copy is deleted
-(after ``retention_seconds``) and ``batch_deleted`` audited. A tenant without a
-route keeps its batches RECEIVED with ``incident_raised`` kind ``no_route``.
-
-At start-up and on every rescan the dispatcher also polls the print sites'
-erasure certificates (:class:`gateway.certificate_intake.CertificateIntake`): a
-batch whose certificate checks out becomes ERASED, its retained copy deleted.
-
-A receipt the completion could not write (a full disk) is signed here once there is
-room (:func:`gateway.receipts.ensure_receipt`). :meth:`Forwarder.stop` cuts the links
-of :class:`~gateway.destinations.Interruptible` destinations (SIGTERM never waits).
+(:func:`gateway.pipeline.next_step`): the envelope check → VERIFIED or QUARANTINED
+(``incident_raised`` kind ``quarantine``); a delivery (:mod:`gateway.destinations`)
+→ FORWARDED, or FAILED_RETRYING with a jittered back-off doubling from
+``backoff_initial_ms`` to ``backoff_max_seconds`` and, past ``max_attempts`` or
+``max_age_minutes``, ``incident_raised`` kind ``forward_failed`` (it keeps
+retrying: data is never dropped); then the inbox copy is deleted after
+``retention_seconds`` (``batch_deleted``). A tenant without a route keeps its
+batches RECEIVED (``incident_raised`` kind ``no_route``). The dispatcher also
+polls the print sites' erasure certificates (:mod:`gateway.certificate_intake`)
+at start-up and every rescan; receipts a full disk kept from being written are
+signed here (:func:`gateway.receipts.ensure_receipt`); :meth:`Forwarder.stop`
+cuts the links of interruptible destinations (SIGTERM never waits).
 
 Every transition is audited (``batch_state_changed``) and stated in a signed
-status record (:mod:`gateway.status`). Crash safety: a batch found FORWARDING
-at start-up was interrupted; it is recorded as FAILED_RETRYING
-(``interrupted``) and delivered again — destinations are idempotent, so it
-arrives exactly once.
+status record (:mod:`gateway.status`). A batch found FORWARDING at start-up was
+interrupted: FAILED_RETRYING (``interrupted``), delivered again — destinations
+are idempotent, so it arrives exactly once.
 """
 
+import functools
 import secrets
 import threading
 import time
@@ -152,7 +146,7 @@ class Forwarder:
         self._stopping.clear()
         for destination in self._interruptible():
             destination.resume()
-        self._workers = Workers(self._work)
+        self._workers = Workers(self._work, self._after)
         self._workers.start()
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
         self._thread.start()
@@ -206,11 +200,7 @@ class Forwarder:
         return 0.0
 
     def poll_certificates(self) -> int:
-        """One certificate pass (:meth:`CertificateIntake.poll`); wake the worker to clear copies.
-
-        Returns:
-            How many certificates were published.
-        """
+        """One certificate pass (:meth:`CertificateIntake.poll`); returns how many published."""
         published = self.certificates.poll(self._stopping)
         if published:
             self._queue.notify("")
@@ -267,8 +257,13 @@ class Forwarder:
                 "forwarder_failed", batch=batch.batch_id, tenant=batch.tenant, error=error
             )
             self._schedule(batch.batch_id, self._backoff(1))
+
+    def _after(self, batch: BatchRecord, failed: bool) -> None:
+        """A delivery thread let go of ``batch``: wake the dispatcher if it must look again."""
+        if failed:  # an error its own handling could not report: retry later, never spin
+            self._stopping.wait(ERROR_PAUSE_SECONDS)
         after = self._store.get_batch(batch.batch_id)
-        if after is not None and after.next_attempt_at is not None:
+        if failed or (after is not None and after.next_attempt_at is not None):
             self._queue.notify("")  # scheduled: the dispatcher learns when to look again
 
     def process(self, batch: BatchRecord) -> BatchRecord:
@@ -381,44 +376,47 @@ class Forwarder:
     def _send(
         self, batch: BatchRecord, tenant: TenantRoute, destination: Destination
     ) -> BatchRecord | None:
-        with self._turns.of(destination):  # sftp://: one batch at a time, each in its turn
-            if self._stopping.is_set():
-                return None
-            tries = batch.attempts + 1
-            batch = self._move(
-                batch, BatchState.FORWARDING, None, attempts=tries, next_attempt_at=None
+        """Deliver now; or, while the destination (sftp://) is busy with another batch, leave
+        this one as it is: the batch in its turn wakes the dispatcher when it is done."""
+        send = functools.partial(self._deliver, batch, tenant, destination)
+        return self._turns.take(destination, send, lambda: self._queue.notify(""))
+
+    def _deliver(
+        self, batch: BatchRecord, tenant: TenantRoute, destination: Destination
+    ) -> BatchRecord | None:
+        tries = batch.attempts + 1
+        batch = self._move(batch, BatchState.FORWARDING, None, attempts=tries, next_attempt_at=None)
+        self._state_status(batch.batch_id)
+        started = time.monotonic()
+        try:
+            delivery = destination.deliver(
+                batch, open_source(self._storage, batch, self._stopping, verify=True)
             )
-            self._state_status(batch.batch_id)
-            started = time.monotonic()
-            try:
-                delivery = destination.deliver(
-                    batch, open_source(self._storage, batch, self._stopping, verify=True)
-                )
-            except SourceChangedError as exc:
-                moved = self._move(batch, BatchState.QUARANTINED, exc.reason)
-                self._quarantine_copy(moved, exc.detail)
-                return None
-            except DeliveryError as exc:
-                self._failed(batch, tenant, exc)
-                return None
-            except Exception as exc:  # a destination bug: retry, and say so
-                failure = DeliveryError(True, "internal_error", f"{type(exc).__name__}: {exc}")
-                self._failed(batch, tenant, failure)
-                return None
-            elapsed_ms = int((time.monotonic() - started) * 1000)
-            forwarded = self._move(batch, BatchState.FORWARDED, None, next_attempt_at=None)
-            self._audit.emit(
-                "batch_forwarded",
-                batch=batch.batch_id,
-                tenant=batch.tenant,
-                destination=tenant.route.describe(),
-                location=delivery.location,
-                size_bytes=batch.size,
-                sha256=delivery.sha256,
-                already=delivery.already,
-                elapsed_ms=elapsed_ms,
-            )
-            return forwarded
+        except SourceChangedError as exc:
+            moved = self._move(batch, BatchState.QUARANTINED, exc.reason)
+            self._quarantine_copy(moved, exc.detail)
+            return None
+        except DeliveryError as exc:
+            self._failed(batch, tenant, exc)
+            return None
+        except Exception as exc:  # a destination bug: retry, and say so
+            failure = DeliveryError(True, "internal_error", f"{type(exc).__name__}: {exc}")
+            self._failed(batch, tenant, failure)
+            return None
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        forwarded = self._move(batch, BatchState.FORWARDED, None, next_attempt_at=None)
+        self._audit.emit(
+            "batch_forwarded",
+            batch=batch.batch_id,
+            tenant=batch.tenant,
+            destination=tenant.route.describe(),
+            location=delivery.location,
+            size_bytes=batch.size,
+            sha256=delivery.sha256,
+            already=delivery.already,
+            elapsed_ms=elapsed_ms,
+        )
+        return forwarded
 
     def _failed(self, batch: BatchRecord, tenant: TenantRoute, exc: DeliveryError) -> None:
         """A delivery failed: schedule the retry (FAILED_RETRYING unless pull), audit, alert.

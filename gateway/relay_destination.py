@@ -111,15 +111,17 @@ class SftpDestination:
         """The print site's ``/receipts/<batch>.erasure.json`` of each batch that has one.
 
         One connection (the kept one) and one listing of ``/receipts`` for all of
-        them (so the print site's audit log is not filled with refused opens). A file larger than
+        them (so the print site's audit log is not filled with refused opens); nothing
+        while a delivery holds the link (the poll must not wait a transfer out). A file larger than
         :data:`~gateway.certificates.MAX_CERTIFICATE_BYTES` comes back cut to one
         byte more than that, for the check to refuse.
 
         Raises:
             DeliveryError: the print site cannot be reached or refused (as :meth:`deliver`).
         """
-        if not batch_ids:
-            return {}
+        if not batch_ids or not self._lock.acquire(blocking=False):
+            return {}  # nothing asked, or a delivery holds the link: the next poll asks
+        self._lock.release()
         return self._over_link(lambda link: _fetch(link, batch_ids))
 
     def interrupt(self) -> None:

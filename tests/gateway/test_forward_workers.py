@@ -5,7 +5,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from gateway.forward_workers import WORKERS, Workers, is_due, next_wait
+from gateway.forward_workers import WORKERS, Turns, Workers, is_due, next_wait
 from gateway.pipeline import BatchState
 from gateway.state import BatchRecord
 
@@ -42,7 +42,7 @@ def test_batches_run_in_parallel_up_to_the_pool_and_never_twice() -> None:
                 all_in.set()
         release.wait(10)
 
-    workers = Workers(work)
+    workers = Workers(work, lambda _batch, _failed: None)
     workers.start()
     batches = [_batch(n) for n in range(WORKERS + 1)]
     events = [workers.submit(b) for b in batches]
@@ -69,7 +69,8 @@ def test_a_failing_batch_frees_its_slot() -> None:
     def work(batch: BatchRecord) -> None:
         raise RuntimeError("boom")
 
-    workers = Workers(work, count=1)
+    freed: list[tuple[str, bool]] = []
+    workers = Workers(work, lambda batch, failed: freed.append((batch.batch_id, failed)), count=1)
     workers.start()
     first = workers.submit(_batch(1))
     assert first is not None and first.wait(5)
@@ -77,6 +78,7 @@ def test_a_failing_batch_frees_its_slot() -> None:
     second = workers.submit(_batch(2))
     assert second is not None and second.wait(5)  # the thread survived
     workers.stop(5)
+    assert [failed for _, failed in freed] == [True, True]  # the forwarder waits, then wakes
 
 
 def test_next_wait_leaves_out_busy_batches_and_sees_new_ones() -> None:
@@ -104,7 +106,7 @@ def test_a_batch_asked_for_while_worked_on_is_worked_on_once_more() -> None:
         first_turn.set()
         release.wait(10)
 
-    workers = Workers(work, count=2)
+    workers = Workers(work, lambda _batch, _failed: None, count=2)
     workers.start()
     batch = _batch(1)
     done = workers.submit(batch)
@@ -115,3 +117,54 @@ def test_a_batch_asked_for_while_worked_on_is_worked_on_once_more() -> None:
     _idle(workers)
     assert turns == [batch.batch_id, batch.batch_id]
     workers.stop(5)
+
+
+def test_after_runs_once_the_batch_is_no_longer_busy() -> None:
+    """The dispatcher woken by after() must not find the batch still busy (a lost wake-up:
+    a retry scheduled in that moment would wait for the next rescan)."""
+    seen_busy: list[set[str]] = []
+    workers: Workers
+
+    def after(batch: BatchRecord, failed: bool) -> None:
+        seen_busy.append(workers.busy())
+
+    workers = Workers(lambda _batch: None, after, count=1)
+    workers.start()
+    done = workers.submit(_batch(1))
+    assert done is not None and done.wait(5)
+    workers.stop(5)
+    assert seen_busy == [set()]
+
+
+class _Serial:
+    one_at_a_time = True
+
+
+def test_a_busy_one_at_a_time_destination_turns_batches_away_without_waiting() -> None:
+    """While one batch has the turn, another gets None at once (no thread waits); the end of
+    the turn calls released(); destinations without the flag run every batch at once."""
+    serial, parallel = _Serial(), object()
+    turns = Turns([serial, parallel])
+    released: list[str] = []
+    inside = threading.Event()
+    leave = threading.Event()
+    results: list[object] = []
+
+    def long_work() -> str:
+        inside.set()
+        leave.wait(5)
+        return "sent"
+
+    holder = threading.Thread(
+        target=lambda: results.append(turns.take(serial, long_work, lambda: released.append("x")))
+    )
+    holder.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    assert turns.take(serial, lambda: "other", lambda: released.append("y")) is None
+    assert time.monotonic() - started < 0.5 and released == []
+    assert turns.take(parallel, lambda: "at once", lambda: released.append("z")) == "at once"
+    leave.set()
+    holder.join(5)
+    assert results == ["sent"] and released == ["x"]
+    assert turns.take(serial, lambda: "next", lambda: released.append("n")) == "next"
