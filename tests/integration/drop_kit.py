@@ -5,15 +5,13 @@ Gateways are made with the real ``init``; accounts are added through the
 process per account). The audit log is read as JSON lines.
 """
 
-import json
 import re
 import secrets
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from gateway.accounts import Accounts
 from gateway.config import AuthSection
 from gateway.state import StateStore
 from tests.conftest import BIN, run_cli
+from tests.integration.audit_kit import AuditReader
 
 PASSWORD = "correct-horse-battery-staple"
 _LISTENING = re.compile(r"^listening on 127\.0\.0\.1:(\d+)\n$")
@@ -45,7 +44,7 @@ class Ward:
     key: paramiko.Ed25519Key
 
 
-class Gateway:
+class Gateway(AuditReader):
     """A gateway root made by ``init``, its accounts and a running ``serve``."""
 
     def __init__(self, base: Path, settings: dict[str, dict[str, int]]) -> None:
@@ -95,28 +94,6 @@ class Gateway:
         out, err = self.proc.communicate(timeout=30)
         self.store.close()
         return self.proc.returncode, out, err
-
-    def events(self, event: str | None = None, **match: object) -> list[dict[str, Any]]:
-        """Audit records (optionally of one event, with matching fields)."""
-        found = []
-        for line in (self.root / "audit" / "audit.jsonl").read_bytes().splitlines():
-            with suppress(ValueError):
-                record = json.loads(line)
-                if (event is None or record["event"] == event) and all(
-                    record.get(k) == v for k, v in match.items()
-                ):
-                    found.append(record)
-        return found
-
-    def wait_event(self, event: str, timeout: float = 10, **match: object) -> dict[str, Any]:
-        """The first matching audit record, waiting for it to be written."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(event, **match)
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, f"no {event} {match} in the audit log"
-            time.sleep(0.05)
 
     def tenant_dir(self, tenant: str) -> Path:
         return self.root / "storage" / "tenants" / tenant

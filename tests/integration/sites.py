@@ -15,10 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
-import time
-from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +26,7 @@ from gateway.accounts import Accounts
 from gateway.config import AuthSection
 from gateway.state import StateStore
 from tests.conftest import BIN, Result, run_cli
+from tests.integration.audit_kit import AuditReader
 
 PASSWORD = "contractor-password-0123"
 WORK_FACTOR = 10
@@ -68,7 +66,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Site:
+class Site(AuditReader):
     """A gateway root made by ``init``, its accounts and (once started) a running ``serve``."""
 
     def __init__(self, base: Path, name: str) -> None:
@@ -150,28 +148,6 @@ class Site:
             self.proc.wait(timeout=30)
             self.proc = None
         self.store.close()
-
-    def events(self, event: str | None = None, **match: object) -> list[dict[str, Any]]:
-        """Audit records (optionally of one event, with matching fields)."""
-        found = []
-        for line in (self.root / "audit" / "audit.jsonl").read_bytes().splitlines():
-            with suppress(ValueError):
-                record = json.loads(line)
-                if (event is None or record["event"] == event) and all(
-                    record.get(k) == v for k, v in match.items()
-                ):
-                    found.append(record)
-        return found
-
-    def wait_event(self, event: str, timeout: float = 10, **match: object) -> dict[str, Any]:
-        """The first matching audit record, waiting for it to be written."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.events(event, **match)
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, f"no {event} {match} in the audit log"
-            time.sleep(0.05)
 
 
 def paramiko_key(key: Ed25519PrivateKey) -> paramiko.Ed25519Key:
